@@ -1,0 +1,67 @@
+"""The ``splatlab`` command line.
+
+Each command is a plain function in the module that owns the concept; tyro turns its signature and
+docstring into flags. Modules are imported only when their command runs, so ``splatlab --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+# "words on the command line" -> "module:function". Longest match wins ("data check" before "data").
+COMMANDS: dict[str, str] = {
+    "demo": "splatlab.demo:demo_cli",
+    "data check": "splatlab.data.check:check_cli",
+    "data make": "splatlab.data.make:make_cli",
+    "train": "splatlab.train:train_cli",
+    "view": "splatlab.viz.viewer:view_cli",
+}
+
+_HELP = {
+    "demo": "make the default data if absent, train, detect and evaluate one class (--all for every class)",
+    "data check": "validate a MAD-layout folder and print a per-class summary",
+    "data make": "generate a MAD-style dataset from LEGO parts or any mesh",
+    "train": "train splats of the defect-free object from its posed training views",
+    "view": "open a run folder in the viser 3D viewer",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: splatlab COMMAND [ARGS...]", "", "commands:"]
+    width = max(len(name) for name in COMMANDS)
+    lines += [f"  {name:<{width}}  {_HELP.get(name, '')}" for name in COMMANDS]
+    lines += ["", "Run `splatlab COMMAND --help` for the flags of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from splatlab import __version__
+
+        print(__version__)
+        return 0
+    for n_words in (2, 1):
+        name = " ".join(argv[:n_words])
+        if len(argv) >= n_words and name in COMMANDS:
+            break
+    else:
+        print(f"splatlab: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    module_name, func_name = COMMANDS[name].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+
+    import tyro
+
+    result = tyro.cli(func, args=argv[n_words:], prog=f"splatlab {name}")
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
