@@ -116,7 +116,7 @@ def sample_defect(
             tilt = rng.normal(scale=0.35, size=2)
             axis = n0 + tilt[0] * t1 + tilt[1] * t2
             axis /= np.linalg.norm(axis)
-            spikes.append((p0 + off, axis, rng.uniform(0.25, 0.45) * r, rng.uniform(0.9, 1.7) * r))
+            spikes.append((p0 + off, axis, rng.uniform(0.35, 0.6) * r, rng.uniform(1.0, 2.0) * r))
         params["spikes"] = spikes
     else:  # Missing
         depth = rng.uniform(0.15, 0.45)
