@@ -149,3 +149,17 @@ def test_default_dataset_location_and_reuse(tmp_path, monkeypatch):
 
 def test_data_dir_default():
     assert data_dir() == Path(__file__).resolve().parents[1] / "data" or "SPLATLAB_DATA" in __import__("os").environ
+
+
+def test_figures(dataset, mesh):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from splatlab.viz.data_figures import class_rig_figure, defect_grid
+
+    fig = class_rig_figure(dataset / CLASS, points=mesh.vertices[::20])
+    names = [t.name for t in fig.data]
+    assert names[:2] == ["object", "train (8)"] and "test Burrs (2)" in names
+    grid = defect_grid(load_mad_class(dataset / CLASS).test, per_type=2)
+    assert len(grid.axes) == 4 * 2
+    assert any(ax.collections for ax in grid.axes)  # mask outlines were drawn
