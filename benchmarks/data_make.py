@@ -35,11 +35,20 @@ def main() -> None:
             per_class[name] = round(time.perf_counter() - t, 2)
         total = time.perf_counter() - start
         n_images = sum(1 for _ in Path(tmp).rglob("*.png"))
-    print(json.dumps({
-        "benchmark": "data_make", "size": cfg.size, "supersample": cfg.supersample, "classes": len(names),
-        "seconds": round(total, 2), "per_class_seconds": per_class, "png_files": n_images,
-        "cpu_count": os.cpu_count(),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "data_make",
+                "size": cfg.size,
+                "supersample": cfg.supersample,
+                "classes": len(names),
+                "seconds": round(total, 2),
+                "per_class_seconds": per_class,
+                "png_files": n_images,
+                "cpu_count": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,14 @@ def _empty_class(c):
 
 
 BREAKERS = [
-    _drop_transforms, _drop_frame_image, _image_without_frame, _mask_without_image, _mask_wrong_size,
-    _defect_without_mask, _stray_file, _empty_class,
+    _drop_transforms,
+    _drop_frame_image,
+    _image_without_frame,
+    _mask_without_image,
+    _mask_wrong_size,
+    _defect_without_mask,
+    _stray_file,
+    _empty_class,
 ]
 
 

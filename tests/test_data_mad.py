@@ -33,7 +33,9 @@ def write_fixture(root: Path, name: str = "01Gorilla") -> Path:
     c = root / name
     (c / "train" / "good").mkdir(parents=True)
     frames = []
-    eye = spherical_eye(torch.arange(N_VIEWS) * 30.0, torch.full((N_VIEWS,), 20.0), torch.full((N_VIEWS,), 4.0))
+    eye = spherical_eye(
+        torch.arange(N_VIEWS) * 30.0, torch.full((N_VIEWS,), 20.0), torch.full((N_VIEWS,), 4.0)
+    )
     c2w = viewmat_to_opengl_c2w(look_at(eye))
     for i in range(N_VIEWS):
         Image.fromarray(train_pixels(i), "RGBA").save(c / "train" / "good" / f"{i}.png")
@@ -85,7 +87,9 @@ def test_loads_train_views_with_cameras(mad_class):
     expected = opengl_c2w_to_viewmat(torch.tensor([f["transform_matrix"] for f in meta["frames"]]))
     torch.testing.assert_close(c.train.cameras.viewmats, expected)
     f = 0.5 * W / math.tan(0.5 * ANGLE_X)
-    torch.testing.assert_close(c.train.cameras.Ks[0], torch.tensor([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]]))
+    torch.testing.assert_close(
+        c.train.cameras.Ks[0], torch.tensor([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]])
+    )
     assert tree_hash(mad_class) == before  # the loader never writes
 
 
@@ -99,7 +103,11 @@ def test_rgba_composited_on_white(mad_class):
 
 def test_test_samples_labels_masks(mad_class):
     test = load_mad_class(mad_class).test
-    assert [(s.defect, s.path.name) for s in test][:3] == [("good", "0.png"), ("good", "1.png"), ("Burrs", "0.png")]
+    assert [(s.defect, s.path.name) for s in test][:3] == [
+        ("good", "0.png"),
+        ("good", "1.png"),
+        ("Burrs", "0.png"),
+    ]
     assert {s.defect for s in test} == {"good", "Burrs", "Missing", "Stains"}
     for s in test:
         assert s.image.shape == (H, W, 3) and s.mask.shape == (H, W) and s.mask.dtype == torch.bool
@@ -116,7 +124,9 @@ def test_size_downscales_consistently(mad_class):
     assert half.train.images.shape == (N_VIEWS, H // 2, W // 2, 3)
     # Area interpolation: each output pixel is the mean of a 2x2 block.
     torch.testing.assert_close(
-        half.train.images, full.train.images.reshape(N_VIEWS, H // 2, 2, W // 2, 2, 3).mean((2, 4)), atol=1e-5,
+        half.train.images,
+        full.train.images.reshape(N_VIEWS, H // 2, 2, W // 2, 2, 3).mean((2, 4)),
+        atol=1e-5,
         rtol=0,
     )
     torch.testing.assert_close(half.train.cameras.Ks[:, :2], full.train.cameras.Ks[:, :2] / 2)
@@ -150,8 +160,13 @@ def test_test_poses_order_and_resize(mad_class):
     frames = []
     for kind in ("Stains", "good"):
         for k in (10, 2):
-            frames.append({"file_path": f"test/{kind}/{k}.png", "viewmat": torch.eye(4).tolist(),
-                           "K": [[10.0, 0, 4], [0, 10.0, 4], [0, 0, 1]]})
+            frames.append(
+                {
+                    "file_path": f"test/{kind}/{k}.png",
+                    "viewmat": torch.eye(4).tolist(),
+                    "K": [[10.0, 0, 4], [0, 10.0, 4], [0, 0, 1]],
+                }
+            )
     (mad_class / "test_poses.json").write_text(json.dumps({"width": W, "height": H, "frames": frames}))
     poses = load_test_poses(mad_class, size=W // 2)
     assert poses.paths == ["test/good/2.png", "test/good/10.png", "test/Stains/2.png", "test/Stains/10.png"]

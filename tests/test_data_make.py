@@ -57,7 +57,7 @@ def test_masks_nonempty_and_inside_silhouette(dataset, mesh):
     poses = load_test_poses(cdir)
     samples = load_mad_class(cdir).test
     assert [str(s.path.relative_to(cdir)) for s in samples] == poses.paths
-    for s, i in zip(samples, range(len(samples))):
+    for i, s in enumerate(samples):
         if s.label == 0:
             assert not s.mask.any()
             continue
@@ -82,7 +82,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_convention_projected_hull_matches_silhouette(dataset, mesh):
-    """Project the mesh with the cameras read back from transforms.json: the hull is the rendered silhouette."""
+    """Project the mesh with the cameras read back from transforms.json: its hull is the silhouette."""
     c = load_mad_class(dataset / CLASS)
     big = c.train.cameras.resized(128, 128)  # 48 px hulls are too coarse for a 0.9 IoU bar
     flipped_ious = []
@@ -134,7 +134,9 @@ def test_default_dataset_location_and_reuse(tmp_path, monkeypatch):
     meshes = tmp_path / "meshes"
     meshes.mkdir()
     shutil.copy(data_dir() / "meshes" / f"{CLASS}.ply", meshes)
-    entries = [e for e in json.loads((data_dir() / "meshes" / "classes.json").read_text()) if e["name"] == CLASS]
+    entries = [
+        e for e in json.loads((data_dir() / "meshes" / "classes.json").read_text()) if e["name"] == CLASS
+    ]
     (meshes / "classes.json").write_text(json.dumps(entries))
     monkeypatch.setenv("SPLATLAB_DATA", str(tmp_path))
     monkeypatch.setattr("splatlab.data.make.MakeConfig", lambda **kw: replace(TINY, **kw))
@@ -147,8 +149,9 @@ def test_default_dataset_location_and_reuse(tmp_path, monkeypatch):
     assert Image.open(root / CLASS / "train" / "good" / "0.png").size == (40, 40)
 
 
-def test_data_dir_default():
-    assert data_dir() == Path(__file__).resolve().parents[1] / "data" or "SPLATLAB_DATA" in __import__("os").environ
+def test_data_dir_default(monkeypatch):
+    monkeypatch.delenv("SPLATLAB_DATA", raising=False)
+    assert data_dir() == Path(__file__).resolve().parents[1] / "data"
 
 
 def test_figures(dataset, mesh):

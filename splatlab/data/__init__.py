@@ -19,7 +19,18 @@ from splatlab.data.mad import (
 from splatlab.data.make import MakeConfig, data_dir, default_dataset, make_dataset, shipped_classes
 
 __all__ = [
-    "DEFECT_TYPES", "MADClass", "MakeConfig", "TestPoses", "TestSample", "TrainViews", "data_dir",
-    "default_dataset", "list_classes", "load_mad_class", "load_test_poses", "make_dataset", "natural_key",
+    "DEFECT_TYPES",
+    "MADClass",
+    "MakeConfig",
+    "TestPoses",
+    "TestSample",
+    "TrainViews",
+    "data_dir",
+    "default_dataset",
+    "list_classes",
+    "load_mad_class",
+    "load_test_poses",
+    "make_dataset",
+    "natural_key",
     "shipped_classes",
 ]

@@ -94,7 +94,11 @@ def check_class(class_dir: str | Path) -> ClassReport:
         report.image_size = _size(img, report)
     # Test images and masks.
     test_dir, gt_dir = class_dir / "test", class_dir / "ground_truth"
-    kinds = sorted((d.name for d in test_dir.iterdir() if d.is_dir()), key=natural_key) if test_dir.is_dir() else []
+    kinds = (
+        sorted((d.name for d in test_dir.iterdir() if d.is_dir()), key=natural_key)
+        if test_dir.is_dir()
+        else []
+    )
     for kind in kinds:
         images = _images_and_strays(test_dir / kind, report)
         report.test[kind] = len(images)
@@ -117,8 +121,10 @@ def check_class(class_dir: str | Path) -> ClassReport:
                     report.problems.append(f"{mask}: mask without a test image (expected {candidates[0]})")
     for img, (isz, msz) in sizes.items():
         if isz and msz and isz != msz:
-            report.problems.append(f"{gt_dir / img.parent.name / (img.stem + '_mask.png')}: mask is {msz[0]}x{msz[1]} "
-                                   f"but its image {img} is {isz[0]}x{isz[1]}")
+            report.problems.append(
+                f"{gt_dir / img.parent.name / (img.stem + '_mask.png')}: mask is {msz[0]}x{msz[1]} "
+                f"but its image {img} is {isz[0]}x{isz[1]}"
+            )
     if report.image_size is None and sizes:
         report.image_size = next(iter(sizes.values()))[0]
     if not train_images and not any(report.test.values()):
@@ -138,8 +144,10 @@ def check_dataset(path: str | Path) -> list[ClassReport]:
         raise FileNotFoundError(f"{path}: folder not found")
     if is_class_dir(path):
         return [check_class(path)]
-    classes = sorted((d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                     key=lambda d: natural_key(d.name))
+    classes = sorted(
+        (d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")),
+        key=lambda d: natural_key(d.name),
+    )
     if not classes:
         report = ClassReport(name=path.name, path=str(path), problems=[f"{path}: no class folders inside"])
         return [report]

@@ -16,8 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from splatlab.data.mad import DEFECT_TYPES
-from splatlab.data.raycast import ColoredMesh, Hits, first_hits, linear_to_srgb, smooth_normals, srgb_to_linear
-
+from splatlab.data.raycast import (
+    ColoredMesh,
+    Hits,
+    first_hits,
+    linear_to_srgb,
+    smooth_normals,
+    srgb_to_linear,
+)
 
 # Stain colours (sRGB); the one farthest from the surface colour is used.
 _STAIN_PALETTE = np.array(

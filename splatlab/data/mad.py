@@ -135,7 +135,9 @@ def read_image(path: Path, size: int | None = None) -> np.ndarray:
     H, W = rgb.shape[:2]
     w, h = _target_size(W, H, size)
     if (w, h) != (W, H):
-        chans = [Image.fromarray(rgb[..., c], mode="F").resize((w, h), Image.Resampling.BOX) for c in range(3)]
+        chans = [
+            Image.fromarray(rgb[..., c], mode="F").resize((w, h), Image.Resampling.BOX) for c in range(3)
+        ]
         rgb = np.stack([np.asarray(c, dtype=np.float32) for c in chans], axis=-1)
     return np.clip(rgb, 0.0, 1.0)
 
@@ -194,7 +196,10 @@ def read_transforms(class_dir: Path) -> tuple[float, list[tuple[Path, torch.Tens
         meta = json.loads(path.read_text())
         angle = float(meta["camera_angle_x"])
         frames = [
-            (resolve_frame_path(class_dir, f["file_path"]), torch.tensor(f["transform_matrix"], dtype=torch.float64))
+            (
+                resolve_frame_path(class_dir, f["file_path"]),
+                torch.tensor(f["transform_matrix"], dtype=torch.float64),
+            )
             for f in meta["frames"]
         ]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -241,7 +246,9 @@ def load_test(class_dir: Path, size: int | None = None) -> list[TestSample]:
     test_dir = class_dir / "test"
     if not test_dir.is_dir():
         return []
-    kinds = sorted((d.name for d in test_dir.iterdir() if d.is_dir()), key=lambda k: (k != GOOD, natural_key(k)))
+    kinds = sorted(
+        (d.name for d in test_dir.iterdir() if d.is_dir()), key=lambda k: (k != GOOD, natural_key(k))
+    )
     samples = []
     for kind in kinds:
         for file in image_files(test_dir / kind):
@@ -254,7 +261,9 @@ def load_test(class_dir: Path, size: int | None = None) -> list[TestSample]:
                     raise FileNotFoundError(f"{mpath}: mask of defect image {file} is missing")
                 mask = torch.from_numpy(read_mask(mpath, size))
                 if mask.shape != image.shape[:2]:
-                    raise ValueError(f"{mpath}: mask is {tuple(mask.shape)} but {file} is {tuple(image.shape[:2])}")
+                    raise ValueError(
+                        f"{mpath}: mask is {tuple(mask.shape)} but {file} is {tuple(image.shape[:2])}"
+                    )
             samples.append(TestSample(image, int(kind != GOOD), kind, mask, file))
     return samples
 
@@ -314,7 +323,10 @@ def load_test_poses(class_dir: str | Path, size: int | None = None) -> TestPoses
 
     frames.sort(key=order)
     cams = Cameras(
-        torch.tensor([f[1] for f in frames], dtype=torch.float32), torch.tensor([f[2] for f in frames], dtype=torch.float32), W, H
+        torch.tensor([f[1] for f in frames], dtype=torch.float32),
+        torch.tensor([f[2] for f in frames], dtype=torch.float32),
+        W,
+        H,
     )
     w, h = _target_size(W, H, size)
     return TestPoses([f[0] for f in frames], cams.resized(w, h) if (w, h) != (W, H) else cams)

@@ -91,7 +91,9 @@ def shipped_classes() -> list[dict]:
     """Entries of ``data/meshes/classes.json``: name, mesh file, LDraw part, title, authors."""
     manifest = data_dir() / "meshes" / "classes.json"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: the LEGO-MAD mesh manifest is missing (run data/build_meshes.py)")
+        raise FileNotFoundError(
+            f"{manifest}: the LEGO-MAD mesh manifest is missing (run data/build_meshes.py)"
+        )
     return json.loads(manifest.read_text())
 
 
@@ -175,8 +177,11 @@ def random_test_camera(rng: np.random.Generator, cfg: MakeConfig, rig: Cameras) 
         az = rng.uniform(0.0, 360.0)
         el = math.degrees(math.asin(rng.uniform(lo, hi)))
         r = cfg.radius * (1.0 + rng.uniform(-cfg.test_radius_jitter, cfg.test_radius_jitter))
-        eye = spherical_eye(torch.tensor(az, dtype=torch.float64), torch.tensor(el, dtype=torch.float64),
-                            torch.tensor(r, dtype=torch.float64))
+        eye = spherical_eye(
+            torch.tensor(az, dtype=torch.float64),
+            torch.tensor(el, dtype=torch.float64),
+            torch.tensor(r, dtype=torch.float64),
+        )
         cos = (rig_dirs @ (eye / eye.norm())).max().clamp(-1, 1)
         if math.degrees(math.acos(float(cos))) >= cfg.min_rig_angle_deg:
             break
@@ -223,7 +228,12 @@ def make_class(mesh: ColoredMesh, name: str, out_dir: Path, cfg: MakeConfig, sou
     for i in tqdm(range(len(rig)), desc=f"{name} train", leave=False):
         image, _ = render_view(mesh, rig, i, cfg)
         _save_png(cdir / "train" / "good" / f"{i}.png", to_uint8(image))
-        frames.append({"file_path": f"./train/good/{i}.png", "transform_matrix": _matrix(viewmat_to_opengl_c2w(rig.viewmats[i]))})
+        frames.append(
+            {
+                "file_path": f"./train/good/{i}.png",
+                "transform_matrix": _matrix(viewmat_to_opengl_c2w(rig.viewmats[i])),
+            }
+        )
     angle_x = 2.0 * math.atan(0.5 * cfg.size / cfg.focal)
     (cdir / "transforms.json").write_text(json.dumps({"camera_angle_x": angle_x, "frames": frames}, indent=1))
 
@@ -232,6 +242,7 @@ def make_class(mesh: ColoredMesh, name: str, out_dir: Path, cfg: MakeConfig, sou
     jobs += [(kind, k) for kind in DEFECT_TYPES for k in range(cfg.test_per_defect)]
     for kind, k in tqdm(jobs, desc=f"{name} test", leave=False):
         for attempt in range(1, cfg.defects.max_tries + 1):
+            n_tries = attempt
             cam = random_test_camera(rng, cfg, rig)
             if kind == "good":
                 image, _ = render_view(mesh, cam, 0, cfg)
@@ -246,31 +257,54 @@ def make_class(mesh: ColoredMesh, name: str, out_dir: Path, cfg: MakeConfig, sou
                 f"{name}: no visible {kind} defect after {cfg.defects.max_tries} tries; "
                 "loosen defects.min_mask_fraction or enlarge defects.radius_range"
             )
-        tries[kind] = tries.get(kind, 0) + attempt
+        tries[kind] = tries.get(kind, 0) + n_tries
         _save_png(cdir / "test" / kind / f"{k}.png", to_uint8(image))
-        poses.append({"file_path": f"test/{kind}/{k}.png", "viewmat": _matrix(cam.viewmats[0]), "K": _matrix(cam.Ks[0])})
-    (cdir / "test_poses.json").write_text(json.dumps({
-        "convention": "OpenCV axes (+x right, +y down, +z forward); viewmat = world->camera; K in pixels",
-        "width": cfg.size, "height": cfg.size, "frames": poses,
-    }, indent=1))
+        poses.append(
+            {
+                "file_path": f"test/{kind}/{k}.png",
+                "viewmat": _matrix(cam.viewmats[0]),
+                "K": _matrix(cam.Ks[0]),
+            }
+        )
+    (cdir / "test_poses.json").write_text(
+        json.dumps(
+            {
+                "convention": "OpenCV axes (+x right, +y down, +z forward); viewmat = world->camera; K: px",
+                "width": cfg.size,
+                "height": cfg.size,
+                "frames": poses,
+            },
+            indent=1,
+        )
+    )
     (cdir / "license").write_text(_LICENSE_TEXT.format(source=source or f"user mesh for {name}"))
     (cdir / "readme").write_text(
         f"LEGO-MAD class {name}: {len(rig)} training views (train/good, posed in transforms.json), "
         f"{len(jobs)} test views (test/<type>), masks in ground_truth/<type>/<k>_mask.png, "
         f"{cfg.size}x{cfg.size} px. Made by `splatlab data make`.\n"
     )
-    return {"name": name, "train": len(rig), "test": {k: sum(1 for j in jobs if j[0] == k) for k in ("good",) + DEFECT_TYPES}, "tries": tries}
+    return {
+        "name": name,
+        "train": len(rig),
+        "test": {k: sum(1 for j in jobs if j[0] == k) for k in ("good",) + DEFECT_TYPES},
+        "tries": tries,
+    }
 
 
 def _attribution(entry: dict) -> str:
     authors = ", ".join(entry.get("authors", [])) or "unknown"
-    return (f"LDraw part {entry.get('part')} \"{entry.get('title')}\" by {authors}; "
-            "LDraw.org Parts Library, CC BY 4.0 (via Debian's ldraw-parts-free)")
+    return (
+        f'LDraw part {entry.get("part")} "{entry.get("title")}" by {authors}; '
+        "LDraw.org Parts Library, CC BY 4.0 (via Debian's ldraw-parts-free)"
+    )
 
 
 def make_dataset(
-    out: Path, cfg: MakeConfig = MakeConfig(), classes: list[str] | None = None,
-    meshes: dict[str, Path] | None = None, up: str = "auto",
+    out: Path,
+    cfg: MakeConfig = MakeConfig(),
+    classes: list[str] | None = None,
+    meshes: dict[str, Path] | None = None,
+    up: str = "auto",
 ) -> Path:
     """Generate a dataset at ``out`` (which must not exist yet), atomically.
 
@@ -306,7 +340,9 @@ def make_dataset(
         for name, path, axis, source in todo:
             log.info("making class %s from %s", name, path)
             summaries.append(make_class(load_mesh(path, up_axis=axis), name, tmp, cfg, source))
-        (tmp / "make_config.json").write_text(json.dumps({"config": asdict(cfg), "classes": summaries}, indent=1))
+        (tmp / "make_config.json").write_text(
+            json.dumps({"config": asdict(cfg), "classes": summaries}, indent=1)
+        )
         try:
             if out.is_dir():
                 out.rmdir()  # empty, checked above
@@ -348,8 +384,14 @@ def make_cli(
         test_per_defect: Test images per defect type.
         up: Up axis of --mesh: auto (y for glTF, else z), y or z.
     """
-    cfg = replace(MakeConfig(), size=size, seed=seed, supersample=supersample, test_good=test_good,
-                  test_per_defect=test_per_defect)
+    cfg = replace(
+        MakeConfig(),
+        size=size,
+        seed=seed,
+        supersample=supersample,
+        test_good=test_good,
+        test_per_defect=test_per_defect,
+    )
     try:
         root = make_dataset(out, cfg, list(classes) or None, {name: mesh} if mesh else None, up)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
@@ -360,6 +402,15 @@ def make_cli(
 
 
 __all__ = [
-    "MakeConfig", "data_dir", "default_dataset", "make_class", "make_dataset", "make_cli", "render_view",
-    "render_defective", "shipped_classes", "train_cameras", "random_test_camera",
+    "MakeConfig",
+    "data_dir",
+    "default_dataset",
+    "make_class",
+    "make_dataset",
+    "make_cli",
+    "render_view",
+    "render_defective",
+    "shipped_classes",
+    "train_cameras",
+    "random_test_camera",
 ]

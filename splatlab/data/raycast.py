@@ -232,7 +232,9 @@ class Hits:
     changed: np.ndarray
 
     def copy(self) -> Hits:
-        return Hits(*(a.copy() for a in (self.hit, self.t, self.points, self.normals, self.albedo, self.changed)))
+        return Hits(
+            *(a.copy() for a in (self.hit, self.t, self.points, self.normals, self.albedo, self.changed))
+        )
 
 
 def first_hits(mesh: ColoredMesh, origins: np.ndarray, dirs: np.ndarray) -> tuple[Hits, np.ndarray]:
@@ -256,8 +258,12 @@ def first_hits(mesh: ColoredMesh, origins: np.ndarray, dirs: np.ndarray) -> tupl
     face = np.full(R, -1, dtype=np.int64)
     face[ray] = tri
     hits = Hits(
-        hit=face >= 0, t=np.full(R, np.inf), points=np.zeros((R, 3)), normals=np.zeros((R, 3)),
-        albedo=np.zeros((R, 3)), changed=np.zeros(R, dtype=bool),
+        hit=face >= 0,
+        t=np.full(R, np.inf),
+        points=np.zeros((R, 3)),
+        normals=np.zeros((R, 3)),
+        albedo=np.zeros((R, 3)),
+        changed=np.zeros(R, dtype=bool),
     )
     if len(tri):
         hits.points[ray] = loc

@@ -1,4 +1,4 @@
-"""Figures of a MAD-layout class: the camera rig in 3D (plotly) and test images with mask outlines (matplotlib)."""
+"""Figures of a MAD-layout class: the camera rig in 3D (plotly), test images with mask outlines."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def frustum_lines(cameras: Cameras, depth: float = 0.35) -> np.ndarray:
     K = cameras.Ks.detach().cpu().double().numpy()
     W, H = cameras.width, cameras.height
     out = []
-    for T, k in zip(c2w, K):
+    for T, k in zip(c2w, K, strict=True):
         corners = []
         for u, v in ((0, 0), (W, 0), (W, H), (0, H)):
             x = np.array([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], 1.0]) * depth
@@ -39,7 +39,7 @@ def rig_figure(
     depth: float = 0.35,
     title: str = "Camera rig",
 ):
-    """A plotly 3D figure of the training rig (blue frusta), test poses (coloured by defect type) and the object.
+    """A plotly 3D figure of the training rig (blue frusta), test poses (coloured by type) and the object.
 
     Args:
         train: Training cameras. [C]
@@ -56,11 +56,27 @@ def rig_figure(
     fig = go.Figure()
     if points is not None:
         p = np.asarray(points)
-        fig.add_trace(go.Scatter3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], mode="markers", name="object",
-                                   marker=dict(size=1.5, color="#555555")))
+        fig.add_trace(
+            go.Scatter3d(
+                x=p[:, 0],
+                y=p[:, 1],
+                z=p[:, 2],
+                mode="markers",
+                name="object",
+                marker=dict(size=1.5, color="#555555"),
+            )
+        )
     lines = frustum_lines(train, depth)
-    fig.add_trace(go.Scatter3d(x=lines[:, 0], y=lines[:, 1], z=lines[:, 2], mode="lines",
-                               name=f"train ({len(train)})", line=dict(color="#1f77b4", width=2)))
+    fig.add_trace(
+        go.Scatter3d(
+            x=lines[:, 0],
+            y=lines[:, 1],
+            z=lines[:, 2],
+            mode="lines",
+            name=f"train ({len(train)})",
+            line=dict(color="#1f77b4", width=2),
+        )
+    )
     if test is not None:
         labels = list(test_labels) if test_labels is not None else ["test"] * len(test)
         if len(labels) != len(test):
@@ -68,12 +84,22 @@ def rig_figure(
         for kind in dict.fromkeys(labels):
             idx = [i for i, k in enumerate(labels) if k == kind]
             seg = frustum_lines(test[idx], depth)
-            fig.add_trace(go.Scatter3d(x=seg[:, 0], y=seg[:, 1], z=seg[:, 2], mode="lines",
-                                       name=f"test {kind} ({len(idx)})",
-                                       line=dict(color=_DEFECT_COLORS.get(kind, "#333333"), width=3)))
-    fig.update_layout(title=title, scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y",
-                                              zaxis_title="z (up)"),
-                      margin=dict(l=0, r=0, t=40, b=0), legend=dict(itemsizing="constant"))
+            fig.add_trace(
+                go.Scatter3d(
+                    x=seg[:, 0],
+                    y=seg[:, 1],
+                    z=seg[:, 2],
+                    mode="lines",
+                    name=f"test {kind} ({len(idx)})",
+                    line=dict(color=_DEFECT_COLORS.get(kind, "#333333"), width=3),
+                )
+            )
+    fig.update_layout(
+        title=title,
+        scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y", zaxis_title="z (up)"),
+        margin=dict(l=0, r=0, t=40, b=0),
+        legend=dict(itemsizing="constant"),
+    )
     return fig
 
 
@@ -92,7 +118,9 @@ def class_rig_figure(class_dir: str | Path, points: np.ndarray | None = None, de
     if (class_dir / "test_poses.json").is_file():
         poses = load_test_poses(class_dir)
         test, labels = poses.cameras, [Path(p).parent.name for p in poses.paths]
-    return rig_figure(train, test, labels, points, depth, title=f"{class_dir.name}: camera rig and test poses")
+    return rig_figure(
+        train, test, labels, points, depth, title=f"{class_dir.name}: camera rig and test poses"
+    )
 
 
 def defect_grid(samples, per_type: int = 4, types: tuple[str, ...] | None = None, outline: str = "red"):
