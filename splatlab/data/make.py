@@ -269,7 +269,8 @@ def make_class(mesh: ColoredMesh, name: str, out_dir: Path, cfg: MakeConfig, sou
     (cdir / "test_poses.json").write_text(
         json.dumps(
             {
-                "convention": "OpenCV axes (+x right, +y down, +z forward); viewmat = world->camera; K: px",
+                "convention": "OpenCV axes (+x right, +y down, +z forward); viewmat = world->camera; "
+                "K in pixels",
                 "width": cfg.size,
                 "height": cfg.size,
                 "frames": poses,
@@ -359,7 +360,7 @@ def make_dataset(
 
 
 def make_cli(
-    out: Path = Path("data/lego-mad"),
+    out: Path,
     classes: tuple[str, ...] = (),
     mesh: Path | None = None,
     name: str = "01Mesh",
