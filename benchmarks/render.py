@@ -1,0 +1,254 @@
+"""Benchmark of the CPU renderer (Numba kernel) against the PyTorch reference.
+
+    python benchmarks/render.py            # a readable table
+    python benchmarks/render.py --json     # the same, plus one JSON object as the last line of stdout
+
+Scene: an object-like cloud of N Gaussians in a unit sphere (70 % in a shell near the surface, 30 % inside),
+seen from 3.5 units away with a focal length chosen so that the sphere covers about 40 % of the image area.
+Scales are log-uniform in 0.5–2 % of the object size (diameter 2) with anisotropy, opacities uniform in
+0.3–0.95, colours are SH degree 0, background white, random unit quaternions — like a trained model.
+
+Timing: the whole ``render()`` call (projection, SH evaluation, binning, compositing) and, for fwd+bwd, an
+L1 loss's backward to means, quats, scales, opacities, SH coefficients and the viewmat (so the projection's
+backward is included). Medians over repetitions after warm-up. Other processes on the machine affect the
+numbers; the JSON records the load average before and after.
+
+Memory (``peak_mb``): for each case a fresh subprocess warms up on a tiny scene, notes its resident set
+size, runs one forward+backward at the case size and reports the growth of its peak resident set size
+(``resource.getrusage(...).ru_maxrss``, which counts torch and Numba allocations alike; tracemalloc would
+miss both). It is the extra memory one fwd+bwd needs on top of the loaded library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+CASES = [(5000, 128), (20000, 256), (50000, 400)]
+TORCH_MAX_N = 20000  # the reference skips the largest case (minutes per iteration)
+
+
+def make_scene(n: int, res: int, seed: int = 0):
+    """Activated Gaussian parameters of an object-like scene and one camera looking at it."""
+    g = torch.Generator().manual_seed(seed)
+    n_shell = int(0.7 * n)
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    r = torch.empty(n)
+    r[:n_shell] = 0.92 + 0.08 * torch.rand(n_shell, generator=g)
+    r[n_shell:] = 0.92 * torch.rand(n - n_shell, generator=g) ** (1.0 / 3.0)
+    means = dirs * r[:, None]
+    size = 2.0  # object diameter
+    log_s = math.log(0.005 * size) + (math.log(0.02 * size) - math.log(0.005 * size)) * torch.rand(
+        n, 1, generator=g
+    )
+    scales = torch.exp(log_s + 0.3 * torch.randn(n, 3, generator=g))
+    quats = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)
+    opacities = 0.3 + 0.65 * torch.rand(n, generator=g)
+    sh0 = (torch.rand(n, 1, 3, generator=g) - 0.5) / 0.28209479177387814
+    dist = 3.5
+    rho = res * math.sqrt(0.4 / math.pi)  # projected radius covering 40 % of the image area
+    focal = rho / math.tan(math.asin(1.0 / dist))
+    eye = torch.tensor([dist * 0.6, -dist * 0.64, dist * 0.48])
+    eye = eye / eye.norm() * dist
+    viewmats = _look_at(eye)[None]
+    Ks = torch.tensor([[focal, 0.0, res / 2], [0.0, focal, res / 2], [0.0, 0.0, 1.0]])[None]
+    return dict(
+        means=means,
+        quats=quats,
+        scales=scales,
+        opacities=opacities,
+        colors=sh0,
+        viewmats=viewmats,
+        Ks=Ks,
+        width=res,
+        height=res,
+    )
+
+
+def _look_at(eye: torch.Tensor) -> torch.Tensor:
+    """OpenCV world->camera matrix of a camera at ``eye`` looking at the origin, z up."""
+    f = -eye / eye.norm()
+    right = torch.nn.functional.normalize(torch.linalg.cross(f, torch.tensor([0.0, 0.0, 1.0])), dim=0)
+    down = torch.linalg.cross(f, right)
+    R = torch.stack([right, down, f])
+    V = torch.eye(4)
+    V[:3, :3] = R
+    V[:3, 3] = -R @ eye
+    return V
+
+
+def _render_fn(backend: str):
+    """render() through the dispatcher when it exists, else the backend's two functions directly."""
+    try:
+        from splatlab.render import render
+
+        def fn(s, bg):
+            return render(
+                s["means"],
+                s["quats"],
+                s["scales"],
+                s["opacities"],
+                s["colors"],
+                s["viewmats"],
+                s["Ks"],
+                s["width"],
+                s["height"],
+                sh_degree=0,
+                background=bg,
+                backend=backend,
+            )[:2]
+
+        return fn
+    except ImportError:  # pragma: no cover - before the dispatcher existed
+        if backend == "cpu":
+            from splatlab.render.cpu import project_cpu as project
+            from splatlab.render.cpu import rasterize_cpu as rasterize
+        else:
+            from splatlab.render.reference import project_torch as project
+            from splatlab.render.reference import rasterize_torch as rasterize
+
+        def fn(s, bg):
+            C = s["viewmats"].shape[0]
+            q = torch.nn.functional.normalize(s["quats"], dim=-1)
+            radii, m2, d, con = project(
+                s["means"], q, s["scales"], s["opacities"], s["viewmats"], s["Ks"], s["width"], s["height"]
+            )
+            colors = (0.28209479177387814 * s["colors"][:, 0] + 0.5).clamp_min(0)[None].expand(C, -1, -1)
+            return rasterize(
+                m2,
+                con,
+                colors.contiguous(),
+                s["opacities"][None].expand(C, -1).contiguous(),
+                radii,
+                d,
+                s["width"],
+                s["height"],
+                bg[None].expand(C, -1),
+            )
+
+        return fn
+
+
+def _leaves(scene):
+    s = dict(scene)
+    for k in ("means", "quats", "scales", "opacities", "colors", "viewmats"):
+        s[k] = scene[k].clone().requires_grad_(True)
+    return s
+
+
+def _step(fn, scene, target, bg, backward: bool):
+    s = _leaves(scene)
+    img, alpha = fn(s, bg)
+    if backward:
+        loss = (img - target).abs().mean()
+        loss.backward()
+
+
+def time_case(backend: str, n: int, res: int, reps: int, warmup: int):
+    scene = make_scene(n, res)
+    fn = _render_fn(backend)
+    bg = torch.ones(3)
+    target = torch.full((1, res, res, 3), 0.5)
+    out = {}
+    for name, backward in (("fwd_ms", False), ("fwdbwd_ms", True)):
+        for _ in range(warmup):
+            _step(fn, scene, target, bg, backward)
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            _step(fn, scene, target, bg, backward)
+            ts.append(1000.0 * (time.perf_counter() - t0))
+        out[name] = round(statistics.median(ts), 2)
+    return out
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def mem_child(backend: str, n: int, res: int) -> None:
+    """Run in a fresh process: extra peak RSS (MB) of one fwd+bwd at this size, printed as JSON."""
+    fn = _render_fn(backend)
+    bg = torch.ones(3)
+    small = make_scene(64, 32)
+    _step(fn, small, torch.full((1, 32, 32, 3), 0.5), bg, True)  # load/compile kernels
+    scene = make_scene(n, res)
+    target = torch.full((1, res, res, 3), 0.5)
+    base = _rss_mb()
+    _step(fn, scene, target, bg, True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    print(json.dumps({"peak_mb": round(max(0.0, peak - base), 1)}))
+
+
+def measure_peak(backend: str, n: int, res: int):
+    cmd = [sys.executable, os.path.abspath(__file__), "--mem-child", backend, str(n), str(res)]
+    try:
+        res_ = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=True)
+        return json.loads(res_.stdout.strip().splitlines()[-1])["peak_mb"]
+    except Exception as e:  # report, don't crash the benchmark
+        print(f"peak memory measurement failed for {backend} {n}/{res}: {e}", file=sys.stderr)
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument("--reps", type=int, default=15, help="timed repetitions of the cpu backend")
+    ap.add_argument("--torch-reps", type=int, default=3, help="timed repetitions of the torch reference")
+    ap.add_argument("--no-torch", action="store_true", help="skip the torch reference")
+    ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--mem-child", nargs=3, metavar=("BACKEND", "N", "RES"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.mem_child:
+        b, n, r = args.mem_child
+        mem_child(b, int(n), int(r))
+        return
+
+    import numba
+
+    load_before = os.getloadavg()
+    cases = []
+    for n, res in CASES:
+        backends = ["cpu"] + ([] if args.no_torch or n > TORCH_MAX_N else ["torch"])
+        for backend in backends:
+            reps, warmup = (args.reps, 3) if backend == "cpu" else (args.torch_reps, 1)
+            row = {"n": n, "res": res, "backend": backend, **time_case(backend, n, res, reps, warmup)}
+            row["peak_mb"] = None if args.no_mem else measure_peak(backend, n, res)
+            cases.append(row)
+            print(
+                f"{backend:>5}  N={n:>6}  {res}x{res}  fwd {row['fwd_ms']:>9.2f} ms  "
+                f"fwd+bwd {row['fwdbwd_ms']:>9.2f} ms  peak {row['peak_mb']} MB",
+                flush=True,
+            )
+    by = {(c["n"], c["res"], c["backend"]): c for c in cases}
+    speedup = None
+    if (5000, 128, "torch") in by:
+        speedup = round(by[(5000, 128, "torch")]["fwdbwd_ms"] / by[(5000, 128, "cpu")]["fwdbwd_ms"], 1)
+        print(f"speedup at 5000/128 (torch / cpu, fwd+bwd): {speedup}x")
+    result = {
+        "cases": cases,
+        "speedup_5000_128": speedup,
+        "threads": numba.get_num_threads(),
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "peak_mb_method": "ru_maxrss growth of a fresh subprocess over one fwd+bwd (after warm-up)",
+    }
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
