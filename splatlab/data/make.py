@@ -34,8 +34,10 @@ from splatlab.data.raycast import (
     camera_rays,
     first_hits,
     load_mesh,
+    paste,
     resolve,
     shade,
+    sphere_window,
     to_uint8,
 )
 
@@ -117,6 +119,13 @@ def default_dataset(size: int = 128, seed: int = 0) -> Path:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _window_rays(mesh: ColoredMesh, cameras: Cameras, index: int, cfg: MakeConfig, margin: float = 0.0):
+    """Rays of the pixels that may see the bounding ball grown by ``margin``: (o [R,3], d [R,3], window)."""
+    window = sphere_window(cameras, index, mesh.center, mesh.bound + margin)
+    o, d = camera_rays(cameras, index, cfg.supersample, window)
+    return o.reshape(-1, 3), d.reshape(-1, 3), window
+
+
 def render_view(
     mesh: ColoredMesh, cameras: Cameras, index: int, cfg: MakeConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -125,10 +134,12 @@ def render_view(
     Returns:
         ``(image [H, W, 3] sRGB float in [0, 1], alpha [H, W] coverage)``.
     """
-    o, d = camera_rays(cameras, index, cfg.supersample)
-    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+    s, H, W = cfg.supersample, cameras.height, cameras.width
+    o, d, win = _window_rays(mesh, cameras, index, cfg)
     hits, _ = first_hits(mesh, o, d)
-    return resolve(shade(hits, cfg.shading), hits.hit, cameras.height, cameras.width, cfg.supersample)
+    h, w = win[1] - win[0], win[3] - win[2]
+    image, alpha = resolve(shade(hits, cfg.shading), hits.hit, h, w, s)
+    return paste(image, win, H, W, cfg.shading.background), paste(alpha, win, H, W, 0.0)
 
 
 def render_defective(
@@ -141,8 +152,9 @@ def render_defective(
         the defect's mask is empty or too small (not visible enough).
     """
     s, H, W = cfg.supersample, cameras.height, cameras.width
-    o, d = camera_rays(cameras, index, s)
-    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+    margin = 3.0 * cfg.defects.radius_range[1]  # burrs stick out of the bounding ball
+    o, d, win = _window_rays(mesh, cameras, index, cfg, margin)
+    h, w = win[1] - win[0], win[3] - win[2]
     hits, _ = first_hits(mesh, o, d)
     defect = sample_defect(kind, hits, d, rng, cfg.defects)
     if defect is None:
@@ -150,13 +162,13 @@ def render_defective(
     bad = apply_defect(defect, mesh, o, d, hits)
     rgb_good, rgb_bad = shade(hits, cfg.shading), shade(bad, cfg.shading)
     changed = (np.abs(rgb_bad - rgb_good).max(axis=1) > 1e-4) | (bad.hit != hits.hit)
-    mask = changed.reshape(H, s, W, s).mean(axis=(1, 3)) >= cfg.defects.mask_coverage
-    image, alpha = resolve(rgb_bad, bad.hit, H, W, s)
-    _, alpha_good = resolve(rgb_good, hits.hit, H, W, s)
-    silhouette = max(float((alpha_good > 0.5).sum()), 1.0)
+    mask = changed.reshape(h, s, w, s).mean(axis=(1, 3)) >= cfg.defects.mask_coverage
+    image, alpha = resolve(rgb_bad, bad.hit, h, w, s)
+    silhouette = max(float((hits.hit.reshape(h, s, w, s).mean(axis=(1, 3)) > 0.5).sum()), 1.0)
     if mask.sum() < max(cfg.defects.min_mask_pixels, cfg.defects.min_mask_fraction * silhouette):
         return None
-    return image, mask, alpha
+    bg = cfg.shading.background
+    return paste(image, win, H, W, bg), paste(mask, win, H, W, False), paste(alpha, win, H, W, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ row ``v`` is the camera's +y (down) direction; no flip is needed afterwards. The
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,18 +189,52 @@ def orient_outward(mesh: ColoredMesh, n_rays: int = 4096, seed: int = 0) -> Colo
 # ----------------------------------------------------------------------------------------------------------
 
 
-def camera_rays(cameras: Cameras, index: int, supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """World-space rays through ``supersample²`` stratified points of every pixel of one camera.
+def sphere_window(
+    cameras: Cameras, index: int, center: np.ndarray, radius: float
+) -> tuple[int, int, int, int]:
+    """Pixel window ``(y0, y1, x0, x1)`` that holds a ball's whole image (exact tangent bounds, 1 px margin).
 
-    Returns:
-        ``(origins [H*s, W*s, 3], directions [H*s, W*s, 3])``, unit directions, rows top-down (+y down).
+    Rays outside it cannot hit the ball. The whole image when the ball reaches behind the camera.
     """
-    s = int(supersample)
     W, H = cameras.width, cameras.height
     viewmat = cameras.viewmats[index].detach().cpu().double().numpy()
     K = cameras.Ks[index].detach().cpu().double().numpy()
-    u = (np.arange(W * s) + 0.5) / s  # pixel coordinates of the sample points; pixel centres at +0.5
-    v = (np.arange(H * s) + 0.5) / s
+    c = viewmat[:3, :3] @ np.asarray(center, dtype=np.float64) + viewmat[:3, 3]  # camera coordinates
+
+    def extent(a: float, f: float, c0: float, size: int) -> tuple[int, int]:
+        # Planes through the camera centre tangent to the ball bound its image along one image axis.
+        dist = math.hypot(a, c[2])
+        if dist <= radius or c[2] <= 0:
+            return 0, size
+        theta, alpha = math.atan2(a, c[2]), math.asin(radius / dist)
+        if theta - alpha <= -0.5 * math.pi + 1e-6 or theta + alpha >= 0.5 * math.pi - 1e-6:
+            return 0, size
+        lo, hi = f * math.tan(theta - alpha) + c0, f * math.tan(theta + alpha) + c0
+        return int(np.clip(math.floor(lo) - 1, 0, size)), int(np.clip(math.ceil(hi) + 1, 0, size))
+
+    x0, x1 = extent(c[0], K[0, 0], K[0, 2], W)
+    y0, y1 = extent(c[1], K[1, 1], K[1, 2], H)
+    return y0, y1, x0, x1
+
+
+def camera_rays(
+    cameras: Cameras, index: int, supersample: int = 1, window: tuple[int, int, int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """World-space rays through ``supersample²`` stratified points of every pixel of one camera.
+
+    Args:
+        window: Optional pixel window ``(y0, y1, x0, x1)``; only its pixels get rays.
+
+    Returns:
+        ``(origins [h*s, w*s, 3], directions [h*s, w*s, 3])``, unit directions, rows top-down (+y down); h, w
+        are the window's (the image's by default).
+    """
+    s = int(supersample)
+    y0, y1, x0, x1 = window if window is not None else (0, cameras.height, 0, cameras.width)
+    viewmat = cameras.viewmats[index].detach().cpu().double().numpy()
+    K = cameras.Ks[index].detach().cpu().double().numpy()
+    u = x0 + (np.arange((x1 - x0) * s) + 0.5) / s  # pixel coordinates of the samples; pixel centres at +0.5
+    v = y0 + (np.arange((y1 - y0) * s) + 0.5) / s
     uu, vv = np.meshgrid(u, v, indexing="xy")
     x = (uu - K[0, 2]) / K[0, 0]
     y = (vv - K[1, 2]) / K[1, 1]
@@ -209,6 +244,14 @@ def camera_rays(cameras: Cameras, index: int, supersample: int = 1) -> tuple[np.
     d /= np.linalg.norm(d, axis=-1, keepdims=True)
     o = np.broadcast_to(-R.T @ t, d.shape).copy()
     return o, d
+
+
+def paste(crop: np.ndarray, window: tuple[int, int, int, int], H: int, W: int, fill: float) -> np.ndarray:
+    """Put a window's pixels into a full image filled with ``fill``. [h, w, ...] -> [H, W, ...]"""
+    y0, y1, x0, x1 = window
+    full = np.full((H, W) + crop.shape[2:], fill, dtype=crop.dtype)
+    full[y0:y1, x0:x1] = crop
+    return full
 
 
 @dataclass
