@@ -169,6 +169,11 @@ def test_open_run_errors_name_the_missing_path(tmp_path):
             open_run(viewer, tmp_path)
 
 
+def test_view_cli_missing_run_is_a_clear_error(tmp_path, capsys):
+    assert view_cli(tmp_path / "nowhere", port=free_port(), seconds=0.1) == 2
+    assert "splats.ply not found" in capsys.readouterr().err
+
+
 def test_view_cli_serves_for_a_while_then_stops(tmp_path):
     save_ply(random_splats(10), tmp_path / "splats.ply")
     port = free_port()

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -148,7 +149,7 @@ class SplatViewer:
         host: Interface to bind; 127.0.0.1 (this machine only) by default, "0.0.0.0" opens it to the network.
         port: TCP port; a free one chosen by the OS when None. viser moves on to the next port if it is busy.
         label: Title of the GUI panel.
-        verbose: Let viser print its banner and messages; otherwise the URL is logged.
+        verbose: Let viser print client connections and disconnections (it always prints its URL banner).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, *, label: str = "splatlab",
@@ -157,10 +158,8 @@ class SplatViewer:
             raise ValueError(f"port must be in [0, 65535] or None, got {port}")
         import viser
 
-        self._verbose = verbose
-        with _quiet(not verbose):
-            self.server = viser.ViserServer(host=host, port=0 if port is None else int(port), label=label,
-                                            verbose=verbose)
+        self.server = viser.ViserServer(host=host, port=0 if port is None else int(port), label=label,
+                                        verbose=verbose)
         self.host = host
         self.port = int(self.server.get_port())
         self.nodes: list[str] = []  # scene node names added by this viewer, in order
@@ -185,8 +184,7 @@ class SplatViewer:
         self._stopped = True
         for player in self.players.values():
             player.close()
-        with _quiet(not self._verbose):
-            self.server.stop()
+        self.server.stop()
         log.info("viser viewer at %s stopped", self.url)
 
     def __enter__(self) -> SplatViewer:
@@ -429,25 +427,6 @@ def _one_viewmat(viewmat, arg: str) -> Tensor:
     return v
 
 
-class _quiet:
-    """Silences stdout (viser's banner) while active, when ``enabled``."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def __enter__(self):
-        if self.enabled:
-            import contextlib
-            import io
-
-            self._ctx = contextlib.redirect_stdout(io.StringIO())
-            self._ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._ctx.__exit__(*exc)
-
-
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -533,8 +512,16 @@ def view_cli(
         thumbnail_size: Longest side of the camera thumbnails in pixels.
         seconds: Close after this many seconds instead of waiting for Ctrl-C.
     """
+    if not (Path(run_dir) / "splats.ply").is_file():
+        print(f"splatlab view: {run_dir}/splats.ply not found (is it a run folder of `splatlab train`?)",
+              file=sys.stderr)
+        return 2
     with SplatViewer(host="0.0.0.0" if share else host, port=port) as viewer:
-        open_run(viewer, run_dir, data_dir, max_cameras, thumbnail_size)
+        try:
+            open_run(viewer, run_dir, data_dir, max_cameras, thumbnail_size)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"splatlab view: {exc}", file=sys.stderr)
+            return 2
         log.info("open %s in a browser; Ctrl-C to stop", viewer.url)
         deadline = None if seconds is None else time.monotonic() + seconds
         try:
