@@ -95,6 +95,21 @@ def test_trajectory_player_steps_and_plays():
     assert_port_free(port)
 
 
+def test_trajectory_takes_a_step_dict_of_renders_of_any_size():
+    cams = small_rig()
+    traj = torch.stack([perturb_viewmat(cams.viewmats[2], 6.0 - i, seed=5) for i in range(6)])
+    renders = {0: torch.zeros(12, 16, 3), 4: torch.ones(24, 32, 3)}  # a pyramid step, then full size
+    with SplatViewer() as viewer:
+        player = viewer.add_trajectory(traj, renders, K=cams.Ks[0])
+        frustum = viewer.server.scene.get_handle_by_name("/trajectory/camera")
+        assert frustum.image.shape == (12, 16, 3) and frustum.image.max() == 0
+        assert frustum.fov == pytest.approx(2 * math.atan(12.0 / float(cams.Ks[0, 1, 1])))  # full-size K
+        player.step = 5
+        assert frustum.image.shape == (24, 32, 3) and frustum.image.min() == 255
+        with pytest.raises(ValueError, match="keys"):
+            viewer.add_trajectory(traj, renders, image_steps=[0, 4], name="/other")
+
+
 def test_embed_returns_html_with_recorded_scene_and_animation():
     cams = small_rig()
     traj = torch.stack([perturb_viewmat(cams.viewmats[0], 8.0 - i, 0.05 * i, seed=0) for i in range(5)])

@@ -283,10 +283,11 @@ class SplatViewer:
 
         Args:
             viewmats: World→camera matrix at every step. [T, 4, 4]
-            images: Renders at some steps (shown on the moving frustum), float in [0, 1]. [M, H, W, 3]
+            images: Renders at some steps (shown on the moving frustum), float in [0, 1], or a
+                ``{step: render}`` dict such as :attr:`splatlab.pose.PoseResult.renders`. [M, H, W, 3]
             image_steps: The step of each image, increasing; ``range(T)`` when M == T. [M]
             target_viewmat: The ground-truth pose, drawn in green when given. [4, 4]
-            K: Intrinsics at the images' size; the last added cameras' field of view when None. [3, 3]
+            K: Intrinsics at the largest image's size; the last added cameras' field of view when None. [3, 3]
             name: Parent node (also names the GUI folder).
             fps: Playback speed in steps per second.
             scale: Frustum size; 1.5 times the training frusta's when None.
@@ -302,10 +303,15 @@ class SplatViewer:
             raise ValueError(f"a trajectory named {name!r} is already shown")
         T = len(viewmats)
         thumbs, width, height = None, None, None
+        if isinstance(images, dict):
+            if image_steps is not None:
+                raise ValueError("image_steps comes from the keys when images is a {step: image} dict")
+            image_steps = sorted(int(k) for k in images)
+            images = [images[k] for k in sorted(images)] or None
         if images is not None:
-            if len(images) == 0 or images[0].ndim != 3 or images[0].shape[-1] != 3:
+            if len(images) == 0 or any(im.ndim != 3 or im.shape[-1] != 3 for im in images):
                 raise ValueError("images must be a non-empty [M, H, W, 3] stack")
-            height, width = int(images[0].shape[0]), int(images[0].shape[1])
+            height, width = max((int(im.shape[0]), int(im.shape[1])) for im in images)  # full size
             if image_steps is None:
                 if len(images) != T:
                     raise ValueError(f"give image_steps: {len(images)} images for {T} steps")
@@ -363,6 +369,9 @@ class SplatViewer:
                 if rate <= 0:
                     raise ValueError(f"fps must be positive, got {fps}")
                 before = {k: p.step for k, p in self.players.items()}
+                playing = [p for p in self.players.values() if p.playing]
+                for p in playing:
+                    p.pause()  # the recording steps the players itself
                 for t in range(n):
                     for p in self.players.values():
                         p.step = min(t, p.n_steps - 1)
@@ -370,6 +379,8 @@ class SplatViewer:
                 serializer.insert_sleep(max(1.0, 5.0 / rate))  # hold the final pose before looping back
                 for k, p in self.players.items():
                     p.step = before[k]
+                for p in playing:
+                    p.play()
         finally:
             html = serializer.as_html(dark_mode=dark_mode)  # also unregisters the serializer
         return html

@@ -28,6 +28,27 @@ def _as_images(x, name: str) -> np.ndarray:
     return arr
 
 
+def _renders_at(renders, render_steps, height: int, width: int) -> tuple[np.ndarray, list[int] | None]:
+    """A ``{step: image}`` dict or an image stack as one stack at (height, width) (bilinear resize), and the
+    steps (from the dict's keys, else ``render_steps``)."""
+    if isinstance(renders, dict):
+        if render_steps is not None:
+            raise ValueError("render_steps comes from the keys when renders is a {step: image} dict")
+        render_steps = sorted(int(k) for k in renders)
+        renders = [renders[k] for k in sorted(renders)]
+    if len(renders) == 0:
+        raise ValueError("renders is empty: keep renders when refining to scrub them")
+    out = []
+    for i, r in enumerate(renders):
+        img = _as_images(r, f"renders[{i}]")
+        if img.shape[1:3] != (height, width):
+            t = torch.from_numpy(img).permute(0, 3, 1, 2)
+            t = torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
+            img = t.permute(0, 2, 3, 1).clamp(0, 1).numpy()
+        out.append(img)
+    return np.concatenate(out), None if render_steps is None else [int(k) for k in render_steps]
+
+
 def _as_vector(x, n: int, name: str) -> np.ndarray | None:
     if x is None:
         return None
@@ -51,7 +72,8 @@ class StepScrubber(_Shown):
 
     Args:
         target: The query image being matched, float in [0, 1]. [H, W, 3]
-        renders: Renders kept during the refinement (at some or all steps). [M, H, W, 3]
+        renders: Renders kept during the refinement (at some or all steps), or a ``{step: render}`` dict;
+            other sizes (pyramid steps) are resized to the target's. [M, h, w, 3]
         losses: Loss at every step. [T]
         render_steps: The step of each render, increasing; ``range(T)`` when M == T. [M]
         rot_errors: Rotation error in degrees at every step, plotted beside the loss when given. [T]
@@ -65,13 +87,11 @@ class StepScrubber(_Shown):
         import ipywidgets as w
 
         self.target = _as_images(target, "target")[0]
-        self.renders = _as_images(renders, "renders")
+        self.renders, render_steps = _renders_at(renders, render_steps, *self.target.shape[:2])
         self.losses = np.asarray(torch.as_tensor(losses).detach().double().cpu()).reshape(-1)
         T, M = len(self.losses), len(self.renders)
         if T == 0:
             raise ValueError("losses is empty: nothing to scrub")
-        if self.renders.shape[1:] != self.target.shape:
-            raise ValueError(f"renders {self.renders.shape[1:]} and target {self.target.shape} differ")
         if render_steps is None:
             if M != T:
                 raise ValueError(f"give render_steps: {M} renders for {T} steps")
@@ -104,16 +124,31 @@ class StepScrubber(_Shown):
         self.update(0)
 
     @classmethod
-    def from_history(cls, history, target, **kwargs) -> StepScrubber:
-        """Build from a refinement result holding ``losses``, ``renders`` (and ``render_steps``,
-        ``rot_errors``, ``trans_errors`` when present), as attributes or dict keys."""
+    def from_history(cls, history, target, gt_viewmat=None, **kwargs) -> StepScrubber:
+        """Build from a refinement result (e.g. :class:`splatlab.pose.PoseResult`) holding ``losses`` and
+        ``renders`` (a ``{step: render}`` dict, or a stack with ``render_steps``), as attributes or keys.
+
+        Args:
+            history: The refinement result.
+            target: The query image. [H, W, 3]
+            gt_viewmat: The true pose; with the history's per-step ``viewmats`` it gives the errors. [4, 4]
+            **kwargs: Passed on to the constructor.
+        """
         def get(key):
             return history.get(key) if isinstance(history, dict) else getattr(history, key, None)
 
         for key in ("losses", "renders"):
-            if get(key) is None:
+            if get(key) is None or (isinstance(get(key), dict) and not get(key)):
                 raise ValueError(f"history has no {key!r}: keep renders when refining to scrub them")
         extra = {k: get(k) for k in ("render_steps", "rot_errors", "trans_errors") if get(k) is not None}
+        if gt_viewmat is not None:
+            if get("viewmats") is None:
+                raise ValueError("gt_viewmat needs the history's per-step 'viewmats'")
+            from splatlab.cameras import pose_error
+
+            vms = torch.as_tensor(get("viewmats")).detach().cpu().double()
+            rot, trans = pose_error(vms, torch.as_tensor(gt_viewmat).detach().cpu().double().reshape(4, 4))
+            extra.update(rot_errors=rot, trans_errors=trans)
         return cls(target, get("renders"), get("losses"), **{**extra, **kwargs})
 
     @property
