@@ -127,6 +127,7 @@ class TrajectoryPlayer:
                 self.step = (self.step + 1) % self.n_steps
 
     def _show(self, step: int) -> None:
+        step = min(max(int(step), 0), self.n_steps - 1)  # a one-step history still has a 0..1 slider
         wxyz, position = self._poses[step]
         self._frustum.wxyz, self._frustum.position = wxyz, position
         if self._images is not None:
