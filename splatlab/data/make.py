@@ -152,13 +152,19 @@ def render_defective(
         the defect's mask is empty or too small (not visible enough).
     """
     s, H, W = cfg.supersample, cameras.height, cameras.width
-    margin = 3.0 * cfg.defects.radius_range[1]  # burrs stick out of the bounding ball
-    o, d, win = _window_rays(mesh, cameras, index, cfg, margin)
-    h, w = win[1] - win[0], win[3] - win[2]
+    o, d, win = _window_rays(mesh, cameras, index, cfg)
     hits, _ = first_hits(mesh, o, d)
     defect = sample_defect(kind, hits, d, rng, cfg.defects)
     if defect is None:
         return None
+    if kind == "Burrs":  # burrs may stick out of the bounding ball: widen the window to hold them
+        by0, by1, bx0, bx1 = sphere_window(cameras, index, defect.center, 3.2 * defect.radius)
+        wider = (min(win[0], by0), max(win[1], by1), min(win[2], bx0), max(win[3], bx1))
+        if wider != win:
+            win = wider
+            o, d = (a.reshape(-1, 3) for a in camera_rays(cameras, index, s, win))
+            hits, _ = first_hits(mesh, o, d)
+    h, w = win[1] - win[0], win[3] - win[2]
     bad = apply_defect(defect, mesh, o, d, hits)
     rgb_good, rgb_bad = shade(hits, cfg.shading), shade(bad, cfg.shading)
     changed = (np.abs(rgb_bad - rgb_good).max(axis=1) > 1e-4) | (bad.hit != hits.hit)
