@@ -28,12 +28,12 @@ def main() -> None:
     names = args.classes or [e["name"] for e in shipped_classes()]
     per_class = {}
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for name in names:
             t = time.perf_counter()
             make_dataset(Path(tmp) / name, cfg, classes=[name])
             per_class[name] = round(time.perf_counter() - t, 2)
-        total = time.perf_counter() - start
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         n_images = sum(1 for _ in Path(tmp).rglob("*.png"))
     print(
         json.dumps(
@@ -43,6 +43,8 @@ def main() -> None:
                 "supersample": cfg.supersample,
                 "classes": len(names),
                 "seconds": round(total, 2),
+                "cpu_seconds": round(cpu, 2),
+                "load_average_1min": round(os.getloadavg()[0], 2),
                 "per_class_seconds": per_class,
                 "png_files": n_images,
                 "cpu_count": os.cpu_count(),
