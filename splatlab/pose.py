@@ -1,0 +1,590 @@
+"""Pose of an unposed query image: coarse retrieval, then gradient refinement through the renderer.
+
+SplatPose's recipe, step by step:
+
+1. **Coarse.** A :class:`splatlab.retrieval.Retriever` ranks the training views by similarity to the query;
+   the ``k`` best are the candidate starting poses.
+2. **Multi-hypothesis.** Each candidate is refined briefly (``short_steps``, all candidates in one batched
+   render); the one with the lowest loss wins. This settles symmetric or ambiguous views, where the most
+   similar-looking training view is not always the nearest one.
+3. **Refinement.** The winner is refined fully: a 6-vector δ in se(3) is applied to the camera,
+   ``viewmat = se3_exp(δ') @ viewmat₀`` (left-multiplication: δ acts in the *camera* frame, so its
+   rotation part turns the camera about its own centre and its translation part moves it along its own
+   axes). Adam minimises ``0.8·L1 + 0.2·(1−SSIM)`` between the render on white and the query, with lr 0.01
+   decayed ×0.8 every 100 steps for 175 steps (SplatPose's defaults). Optionally the early steps run at
+   reduced resolution (a pyramid), and the run stops early on a plateau.
+
+SplatPose moves the Gaussians by the inverse transform instead of moving the camera; rendering the
+Gaussians moved by ``T`` into camera ``V`` equals rendering the fixed Gaussians into ``V @ T``. The order
+matters (SplatPose needed a post-publication fix to its quaternion order), so ``tests/test_pose.py``
+checks it explicitly.
+
+**Translation scaling.** δ = (ρ, φ) holds radians in φ but world units in ρ. A rotation by φ shifts the
+object in the image by about ``f·φ`` pixels, a sideways move by ρ only by ``f·ρ/d`` at distance ``d``, so
+with one learning rate the translation would move ``d`` times too slowly. The optimised vector is
+therefore ``δ = (ρ/s, φ)`` with ``s`` = the start camera's distance to the splats' centre (about 4 on
+MAD-like rigs) unless ``translation_scale`` fixes it: lr 0.01 then moves about 0.6° or 0.04 units a step.
+
+Everything the optimiser visited is kept in a :class:`PoseResult`; figures are drawn afterwards from it
+(:mod:`splatlab.viz.pose_figures`). Evaluation (rotation/translation errors, pose AUC) and the basin of
+convergence are at the end of this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from splatlab.cameras import perturb_viewmat, pose_error, se3_exp, se3_log
+from splatlab.losses import photometric_loss
+from splatlab.render import render
+from splatlab.retrieval import Retriever, check_query
+from splatlab.splats import activated, sh_degree_of
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PRESETS", "BasinResult", "Candidate", "PoseConfig", "PoseDivergedError", "PoseEvaluation", "PoseResult",
+    "apply_delta", "basin", "delta_between", "estimate_pose", "evaluate_poses", "pose_config", "refine",
+]
+
+
+@dataclass(frozen=True)
+class PoseConfig:
+    """Settings of coarse-to-fine pose estimation; defaults are SplatPose's refinement plus 3 hypotheses."""
+
+    method: str = "features"  # coarse retrieval: "features" (EfficientNet-lite0 descriptors) or "sift" (match counts)
+    k: int = 3  # candidate training views refined briefly; 1 = trust the best match (SplatPose)
+    short_steps: int = 25  # steps of the brief refinement of every candidate (ignored when k = 1)
+    short_scale: float = 0.5  # image-size factor of the brief refinement (smaller is faster)
+    steps: int = 175  # steps of the full refinement of the winner, pyramid steps included (SplatPose: 175)
+    lr: float = 0.01  # Adam learning rate on δ (SplatPose: 0.01)
+    lr_decay: float = 0.8  # learning-rate factor applied every lr_decay_every steps (SplatPose: 0.8)
+    lr_decay_every: int = 100  # steps between learning-rate decays (SplatPose: 100)
+    ssim_weight: float = 0.2  # loss = (1 - w)·L1 + w·(1 - SSIM) (SplatPose / 3DGS: 0.2)
+    pivot: str = "object"  # rotation centre of δ: "camera" (its own centre: se3_exp(δ) @ viewmat₀) or "object" (the splats' centre on the optical axis)
+    translation_scale: float | None = None  # world units per unit of δ's translation; None: camera-to-centre distance ("camera") or object radius ("object")
+    pyramid_scales: tuple[float, ...] = ()  # image-size factors of the early full-refinement steps, coarse to fine, e.g. (0.25, 0.5)
+    pyramid_steps: tuple[int, ...] = ()  # steps at each pyramid scale; the remaining steps run at full size
+    early_stop_patience: int = 0  # stop after this many full-size steps without a relative improvement; 0 = off
+    early_stop_tol: float = 1e-3  # relative loss decrease that counts as an improvement
+    record_every: int = 0  # keep a render every n steps of the full refinement (and the last); 0 = none
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # render background; MAD objects are on white
+    backend: str = "auto"  # renderer backend: "auto" (gsplat on CUDA, Numba kernel on CPU), "cpu", "torch", "gsplat"
+    num_threads: int | None = None  # CPU threads (torch and Numba) during estimation, restored after; None = leave as set
+
+    def __post_init__(self) -> None:
+        if self.method not in ("features", "sift"):
+            raise ValueError(f"method must be 'features' or 'sift', got {self.method!r}")
+        if self.k < 1 or self.steps < 1 or self.short_steps < 0:
+            raise ValueError(f"need k >= 1, steps >= 1, short_steps >= 0; got {self.k}, {self.steps}, {self.short_steps}")
+        if not self.lr > 0 or not 0 < self.lr_decay <= 1 or self.lr_decay_every < 1:
+            raise ValueError("need lr > 0, 0 < lr_decay <= 1 and lr_decay_every >= 1")
+        if len(self.pyramid_scales) != len(self.pyramid_steps):
+            raise ValueError("pyramid_scales and pyramid_steps must have the same length")
+        if any(not 0 < s <= 1 for s in (*self.pyramid_scales, self.short_scale)):
+            raise ValueError("pyramid_scales and short_scale must be in (0, 1]")
+        if sum(self.pyramid_steps) > self.steps or any(n < 0 for n in self.pyramid_steps):
+            raise ValueError(f"pyramid_steps must be >= 0 and sum to at most steps={self.steps}")
+        if self.pivot not in ("camera", "object"):
+            raise ValueError(f"pivot must be 'camera' or 'object', got {self.pivot!r}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+        if self.translation_scale is not None and not self.translation_scale > 0:
+            raise ValueError(f"translation_scale must be positive or None, got {self.translation_scale}")
+
+
+#: Named settings. "splatpose": the paper's refinement from the single best match. "full": the defaults.
+#: "cpu": tuned on this repo's benchmark (LEGO-MAD 128², a 2-core CPU): 3 hypotheses at 1/4 size, a
+#: short pyramid and an early stop. "fast": a few steps, for tests and SPLATLAB_FAST=1.
+PRESETS: dict[str, PoseConfig] = {
+    "splatpose": PoseConfig(k=1),
+    "full": PoseConfig(),
+    "cpu": PoseConfig(k=3, short_steps=12, short_scale=0.25, steps=90, lr=0.02, pyramid_scales=(0.25, 0.5),
+                      pyramid_steps=(15, 25), early_stop_patience=10, early_stop_tol=2e-3),
+    "fast": PoseConfig(k=2, short_steps=4, short_scale=0.5, steps=20, lr=0.02, early_stop_patience=5),
+}
+
+
+def pose_config(preset: str = "full", **overrides) -> PoseConfig:
+    """A preset's :class:`PoseConfig` with overrides; ``SPLATLAB_FAST=1`` turns it into "fast"."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if os.environ.get("SPLATLAB_FAST") == "1":
+        preset = "fast"
+    return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+class PoseDivergedError(RuntimeError):
+    """The refinement produced a non-finite loss or pose; ``.step`` is the step where it happened."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The camera update
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _scaled(delta: Tensor, translation_scale) -> Tensor:
+    s = torch.as_tensor(translation_scale, dtype=delta.dtype, device=delta.device)
+    s = s[..., None] if s.ndim else s
+    return torch.cat([delta[..., :3] * s, delta[..., 3:]], dim=-1)
+
+
+def _pivot(depth, like: Tensor) -> Tensor:
+    """Translations by ``(0, 0, depth)`` in camera coordinates. [..., 4, 4]"""
+    d = torch.as_tensor(depth, dtype=like.dtype, device=like.device)
+    P = torch.eye(4, dtype=like.dtype, device=like.device).expand(d.shape + (4, 4)).clone()
+    P[..., 2, 3] = d
+    return P
+
+
+def apply_delta(viewmat: Tensor, delta: Tensor, translation_scale=1.0, pivot_depth=0.0) -> Tensor:
+    """Move cameras by δ in their own frame: ``P @ se3_exp((s·ρ, φ)) @ P⁻¹ @ viewmat``.
+
+    ``P`` translates by ``(0, 0, pivot_depth)`` along the optical axis, so φ turns the camera about the
+    point it looks at ``pivot_depth`` ahead (0: about its own centre, the plain ``se3_exp(δ) @ viewmat``).
+
+    Args:
+        viewmat: World→camera matrices. [..., 4, 4]
+        delta: Update vectors ``(ρ, φ)``: translation in units of ``s`` along the camera axes, then a
+            rotation vector in radians. [..., 6]
+        translation_scale: ``s``, world units per unit of ρ; a float or one per camera. [] or [...]
+        pivot_depth: Distance of the rotation centre along the optical axis; a float or one per camera. [] or [...]
+
+    Returns:
+        The moved world→camera matrices. [..., 4, 4]
+    """
+    T = se3_exp(_scaled(delta, translation_scale))
+    P = _pivot(pivot_depth, T)
+    return P @ T @ torch.linalg.inv(P) @ viewmat
+
+
+def delta_between(viewmat0: Tensor, viewmat1: Tensor, translation_scale=1.0, pivot_depth=0.0) -> Tensor:
+    """The δ with ``apply_delta(viewmat0, δ, s, pivot_depth) == viewmat1`` (its inverse). [..., 6]"""
+    P = _pivot(pivot_depth, viewmat0.double())
+    xi = se3_log(torch.linalg.inv(P) @ viewmat1.double() @ torch.linalg.inv(viewmat0.double()) @ P)
+    s = torch.as_tensor(translation_scale, dtype=xi.dtype, device=xi.device)
+    return _scaled(xi, 1.0 / s).to(viewmat0.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One coarse hypothesis: a training view and how well its brief refinement went.
+
+    Args:
+        index: Index of the training view in the retriever.
+        similarity: Retrieval similarity (cosine, or SIFT match count).
+        viewmat_start: The training view's camera. [4, 4]
+        viewmat: The camera after the brief refinement. [4, 4]
+        loss: The lowest loss of the brief refinement (inf if it was skipped).
+    """
+
+    index: int
+    similarity: float
+    viewmat_start: Tensor
+    viewmat: Tensor
+    loss: float
+
+
+@dataclass
+class PoseResult:
+    """The estimated pose and everything the estimate went through.
+
+    Args:
+        viewmat: Final world→camera matrix (lowest loss at full size). [4, 4]
+        viewmat_init: The start of the full refinement (the winning candidate after its brief refinement). [4, 4]
+        K: Intrinsics of the query at full size. [3, 3]
+        width: Query width in pixels.
+        height: Query height in pixels.
+        candidates: The coarse hypotheses, in retrieval order.
+        chosen: Index into ``candidates`` of the winner.
+        losses: Loss at every full-refinement step. [S]
+        viewmats: Camera at every full-refinement step (the one ``losses`` was evaluated at). [S, 4, 4]
+        scales: Image-size factor of every step (pyramid). [S]
+        short_losses: Loss of every candidate at every brief-refinement step. [S_short, k]
+        renders: ``{step: render}`` every ``record_every`` steps, at that step's size. {int: [h, w, 3]}
+        timings: Seconds per stage: "coarse", "hypotheses", "refine", "total".
+        loss: The final (lowest full-size) loss.
+        stopped_early: Whether the plateau rule ended the refinement.
+        translation_scale: ``s`` used for δ's translation part.
+        pivot_depth: Depth of the rotation centre used (0: the camera centre).
+    """
+
+    viewmat: Tensor
+    viewmat_init: Tensor
+    K: Tensor
+    width: int
+    height: int
+    candidates: list[Candidate]
+    chosen: int
+    losses: Tensor
+    viewmats: Tensor
+    scales: Tensor
+    short_losses: Tensor
+    renders: dict[int, Tensor] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    loss: float = float("nan")
+    stopped_early: bool = False
+    translation_scale: float = 1.0
+    pivot_depth: float = 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The optimisation loop (batched over candidates)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Run with ``n`` torch and Numba threads and restore the previous counts afterwards.
+
+    Small images (128²) gain little from threads, and on a shared, oversubscribed machine OpenMP's
+    barriers can make every step 10-50× slower; one thread per estimate is the robust choice there.
+    """
+    if n is None:
+        yield
+        return
+    import numba
+
+    old_torch, old_numba = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(n)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_torch)
+        numba.set_num_threads(old_numba)
+
+
+def _prepared(splats, device) -> tuple[dict[str, Tensor], int]:
+    p = {k: v.detach().to(device) for k, v in activated(splats).items()}
+    p["quats"] = F.normalize(p["quats"], dim=-1)
+    return p, sh_degree_of(splats)
+
+
+def _resize_query(query: Tensor, h: int, w: int) -> Tensor:
+    if (h, w) == tuple(query.shape[:2]):
+        return query
+    return F.interpolate(query.permute(2, 0, 1)[None], size=(h, w), mode="area")[0].permute(1, 2, 0)
+
+
+def _optimise(params, sh_degree, query, viewmats0, K, width, height, cfg: PoseConfig, schedule, frame, record_every=0):
+    """Adam on δ [B, 6] for every (scale, steps) of ``schedule``; returns the history as a dict."""
+    B, device = viewmats0.shape[0], viewmats0.device
+    delta = torch.zeros(B, 6, device=device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay)
+    background = torch.tensor(cfg.background, device=device)
+    losses, vms, scales, renders = [], [], [], {}
+    best = torch.full((B,), float("inf"))
+    best_vm = viewmats0.detach().clone()
+    stall, step, stopped = 0, 0, False
+    final_scale = schedule[-1][0]
+    for scale, n in schedule:
+        w, h = max(11, round(width * scale)), max(11, round(height * scale))
+        Ks = (K * K.new_tensor([[w / width], [h / height], [1.0]])).expand(B, 3, 3)
+        target = _resize_query(query, h, w)
+        if scale != final_scale:  # the best pose is judged at the finest scale only
+            best.fill_(float("inf"))
+        for _ in range(n):
+            if not bool(torch.isfinite(delta).all()):
+                raise PoseDivergedError(f"pose refinement diverged: the pose update became non-finite at step {step}", step)
+            vm = apply_delta(viewmats0, delta, *frame)
+            img, _, _ = render(params["means"], params["quats"], params["scales"], params["opacities"],
+                               params["colors"], vm, Ks, w, h, sh_degree=sh_degree, background=background,
+                               backend=cfg.backend)
+            loss = torch.stack([photometric_loss(img[b], target, cfg.ssim_weight) for b in range(B)])
+            if not bool(torch.isfinite(loss).all()):
+                raise PoseDivergedError(f"pose refinement diverged: non-finite loss {loss.tolist()} at step {step}", step)
+            cur = loss.detach().cpu()
+            losses.append(cur)
+            vms.append(vm.detach())
+            scales.append(scale)
+            if record_every and (step % record_every == 0):
+                renders[step] = img[0].detach().cpu()
+            improved = cur < best * (1.0 - cfg.early_stop_tol)
+            better = cur < best
+            best = torch.where(better, cur, best)
+            best_vm[better.to(device)] = vm.detach()[better.to(device)]
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if scale == final_scale and cfg.early_stop_patience:
+                stall = 0 if bool(improved.any()) else stall + 1
+                if stall >= cfg.early_stop_patience:
+                    stopped = True
+                    break
+    if record_every and losses and (step - 1) not in renders:
+        renders[step - 1] = img[0].detach().cpu()
+    return {
+        "losses": torch.stack(losses), "viewmats": torch.stack(vms), "scales": torch.tensor(scales),
+        "renders": renders, "best": best, "best_viewmats": best_vm, "stopped": stopped,
+    }
+
+
+def _frame(params, viewmats: Tensor, cfg: PoseConfig) -> tuple[Tensor, Tensor]:
+    """Translation scale ``s`` [B] and pivot depth [B] of δ for each starting camera."""
+    means = params["means"]
+    centre = means.median(dim=0).values
+    depth = (viewmats[:, :3, :3] @ centre + viewmats[:, :3, 3])[:, 2].clamp_min(1e-3)
+    if cfg.pivot == "object":
+        pivot = depth
+        radius = torch.quantile((means - centre).norm(dim=-1)[:100_000].float(), 0.9).clamp_min(1e-3)
+        auto = radius.expand_as(depth)
+    else:
+        pivot = torch.zeros_like(depth)
+        auto = (torch.linalg.inv(viewmats)[:, :3, 3] - centre).norm(dim=-1).clamp_min(1e-3)
+    s = auto if cfg.translation_scale is None else torch.full_like(depth, float(cfg.translation_scale))
+    return s, pivot
+
+
+def _schedule(cfg: PoseConfig) -> list[tuple[float, int]]:
+    levels = [(s, n) for s, n in zip(cfg.pyramid_scales, cfg.pyramid_steps) if n > 0]
+    return levels + [(1.0, cfg.steps - sum(n for _, n in levels))] if cfg.steps > sum(cfg.pyramid_steps) else levels
+
+
+def refine(query: Tensor, splats, viewmat0: Tensor, K: Tensor, config: PoseConfig = PoseConfig(),
+           device=None) -> PoseResult:
+    """Refine one starting pose by gradient descent (step 3 only: no retrieval, no hypotheses).
+
+    Args:
+        query: RGB image on white in [0, 1]. [H, W, 3]
+        splats: The object's splats (``ParameterDict`` layout of :mod:`splatlab.splats`).
+        viewmat0: Starting world→camera matrix. [4, 4]
+        K: Intrinsics of the query in pixels. [3, 3]
+        config: Steps, learning rate, pyramid, early stop, recording.
+        device: Where to run; None means the device of the splats.
+    """
+    with _threads(config.num_threads):
+        return _refine(query, splats, viewmat0, K, config, device)
+
+
+def _refine(query, splats, viewmat0, K, config, device) -> PoseResult:
+    device = splats["means"].device if device is None else torch.device(device)
+    if viewmat0.shape != (4, 4) or K.shape != (3, 3):
+        raise ValueError(f"viewmat0 must be [4, 4] and K [3, 3], got {tuple(viewmat0.shape)}, {tuple(K.shape)}")
+    query = check_query(query)
+    params, degree = _prepared(splats, device)
+    vm0 = viewmat0.to(device, torch.float32)[None]
+    frame = _frame(params, vm0, config)
+    t0 = time.perf_counter()
+    hist = _optimise(params, degree, query.to(device), vm0, K.to(device, torch.float32), query.shape[1],
+                     query.shape[0], config, _schedule(config), frame, config.record_every)
+    cand = Candidate(-1, float("nan"), vm0[0].cpu(), vm0[0].cpu(), float("inf"))
+    return _result(hist, vm0[0], K, query, [cand], 0, torch.zeros(0, 1), frame, 0,
+                   {"coarse": 0.0, "hypotheses": 0.0, "refine": time.perf_counter() - t0})
+
+
+def _result(hist, viewmat_init, K, query, candidates, chosen, short_losses, frame, j, timings) -> PoseResult:
+    timings = dict(timings, total=sum(timings.values()))
+    return PoseResult(
+        viewmat=hist["best_viewmats"][0].cpu(), viewmat_init=viewmat_init.detach().cpu(), K=K.detach().cpu(),
+        width=query.shape[1], height=query.shape[0], candidates=candidates, chosen=chosen,
+        losses=hist["losses"][:, 0], viewmats=hist["viewmats"][:, 0].cpu(), scales=hist["scales"],
+        short_losses=short_losses, renders=hist["renders"], timings=timings, loss=float(hist["best"][0]),
+        stopped_early=hist["stopped"], translation_scale=float(frame[0][j]), pivot_depth=float(frame[1][j]),
+    )
+
+
+def estimate_pose(query: Tensor, splats, retriever: Retriever, config: PoseConfig = PoseConfig(), device=None,
+                  exclude: list[int] | None = None) -> PoseResult:
+    """The pose of a query image: coarse retrieval, brief refinement of k hypotheses, full refinement.
+
+    Args:
+        query: RGB image on white in [0, 1], the size of the training views. [H, W, 3]
+        splats: The object's splats (``ParameterDict`` layout of :mod:`splatlab.splats`).
+        retriever: Training views and their descriptors; its cameras give the candidate poses and K.
+        config: See :class:`PoseConfig`.
+        device: Where to render; None means the device of the splats.
+        exclude: Training views not to retrieve (a held-out query's own view). [E]
+
+    Raises:
+        ValueError: The query is not RGB [H, W, 3] of the training views' size, or holds NaN.
+        PoseDivergedError: The loss or pose became non-finite; the message names the step.
+    """
+    with _threads(config.num_threads):
+        return _estimate(query, splats, retriever, config, device, exclude)
+
+
+def _estimate(query, splats, retriever, config, device, exclude) -> PoseResult:
+    cams = retriever.cameras
+    query = check_query(query, cams.height, cams.width)
+    device = splats["means"].device if device is None else torch.device(device)
+    t0 = time.perf_counter()
+    idx, sim = retriever.top_k(query, config.k, exclude=exclude)
+    t1 = time.perf_counter()
+    params, degree = _prepared(splats, device)
+    q = query.to(device)
+    K = cams.Ks[idx[0]].to(device, torch.float32)
+    starts = cams.viewmats[idx].to(device, torch.float32)
+    frame = _frame(params, starts, config)
+    chosen, short = 0, torch.zeros(0, len(idx))
+    after = starts
+    best_short = torch.full((len(idx),), float("inf"))
+    if len(idx) > 1 and config.short_steps > 0:
+        short_cfg = dataclasses.replace(config, early_stop_patience=0)
+        h = _optimise(params, degree, q, starts, K, cams.width, cams.height, short_cfg,
+                      [(config.short_scale, config.short_steps)], frame)
+        short, best_short, after = h["losses"], h["best"], h["best_viewmats"]
+        chosen = int(torch.argmin(best_short))
+    t2 = time.perf_counter()
+    hist = _optimise(params, degree, q, after[chosen : chosen + 1], K, cams.width, cams.height, config,
+                     _schedule(config), tuple(f[chosen : chosen + 1] for f in frame), config.record_every)
+    t3 = time.perf_counter()
+    candidates = [
+        Candidate(int(i), float(v), starts[j].cpu(), after[j].detach().cpu(), float(best_short[j]))
+        for j, (i, v) in enumerate(zip(idx.tolist(), sim.tolist()))
+    ]
+    return _result(hist, after[chosen], K, query, candidates, chosen, short, frame, chosen,
+                   {"coarse": t1 - t0, "hypotheses": t2 - t1, "refine": t3 - t2})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PoseEvaluation:
+    """Pose errors over a set of queries (inf for a diverged query).
+
+    Args:
+        rot_deg: Rotation errors in degrees. [Q]
+        trans: Distances between estimated and true camera centres, world units. [Q]
+        seconds: Wall time per query, coarse to final. [Q]
+        auc: Pose AUC in [0, 1] at 5, 10 and 20 degrees.
+        names: A label per query (e.g. its image path). [Q]
+        results: The full results (None for diverged queries) when kept. [Q]
+    """
+
+    rot_deg: Tensor
+    trans: Tensor
+    seconds: Tensor
+    auc: dict
+    names: list[str]
+    results: list | None = None
+
+    def summary(self) -> dict:
+        """AUCs in percent, medians and mean seconds per query, as plain floats."""
+        return {
+            "auc5": 100.0 * self.auc[5], "auc10": 100.0 * self.auc[10], "auc20": 100.0 * self.auc[20],
+            "median_rot_deg": float(self.rot_deg.median()), "median_trans": float(self.trans.median()),
+            "seconds_per_query": float(self.seconds.mean()), "n": len(self.rot_deg),
+            "diverged": int((~torch.isfinite(self.rot_deg)).sum()),
+        }
+
+
+def evaluate_poses(splats, retriever: Retriever, queries: Tensor, gt_viewmats: Tensor,
+                   config: PoseConfig = PoseConfig(), device=None, exclude: list[list[int]] | None = None,
+                   names: list[str] | None = None, keep_results: bool = False) -> PoseEvaluation:
+    """Estimate the pose of every query and compare it with the ground truth.
+
+    Ground truth comes from held-out training views (``retriever.cameras`` with ``exclude=[[i], ...]``) or
+    from generated test images (:func:`splatlab.data.load_test_poses`), read only here.
+
+    Args:
+        splats: The object's splats.
+        retriever: Training views and descriptors.
+        queries: RGB images on white in [0, 1]. [Q, H, W, 3]
+        gt_viewmats: Their true world→camera matrices. [Q, 4, 4]
+        config: See :class:`PoseConfig`.
+        device: Where to render; None means the device of the splats.
+        exclude: Per query, training views not to retrieve. [Q][E]
+        names: A label per query. [Q]
+        keep_results: Keep every :class:`PoseResult` (with its history).
+    """
+    from tqdm.auto import tqdm
+
+    from splatlab.metrics import pose_auc
+
+    if len(queries) != len(gt_viewmats) or len(queries) == 0:
+        raise ValueError(f"queries [{len(queries)}] and gt_viewmats [{len(gt_viewmats)}] must be non-empty and match")
+    rot, trans, secs, results = [], [], [], []
+    for i in tqdm(range(len(queries)), desc="poses", leave=False):
+        t0 = time.perf_counter()
+        try:
+            res = estimate_pose(queries[i], splats, retriever, config, device, None if exclude is None else exclude[i])
+        except PoseDivergedError as exc:
+            log.warning("query %d diverged: %s", i, exc)
+            rot.append(float("inf")), trans.append(float("inf")), results.append(None)
+        else:
+            r, t = pose_error(res.viewmat.double(), gt_viewmats[i].double().cpu())
+            rot.append(float(r)), trans.append(float(t)), results.append(res if keep_results else None)
+        secs.append(time.perf_counter() - t0)
+    rot_t = torch.tensor(rot, dtype=torch.float64)
+    return PoseEvaluation(rot_t, torch.tensor(trans, dtype=torch.float64), torch.tensor(secs),
+                          pose_auc(rot_t.numpy()), names or [str(i) for i in range(len(rot))],
+                          results if keep_results else None)
+
+
+@dataclass
+class BasinResult:
+    """Convergence rate of the refinement as a function of the starting error.
+
+    Args:
+        angles_deg: Starting rotation errors. [A]
+        rates: Fraction of trials ending below ``success_deg``. [A]
+        final_rot_deg: Final rotation error of every trial (inf if diverged). [A, T]
+        success_deg: The success threshold in degrees.
+    """
+
+    angles_deg: Tensor
+    rates: Tensor
+    final_rot_deg: Tensor
+    success_deg: float
+
+
+def basin(splats, views, angles_deg=(2.0, 5.0, 10.0, 15.0, 20.0, 30.0), trials: int = 8,
+          config: PoseConfig = PoseConfig(), images: Tensor | None = None, success_deg: float = 2.0,
+          device=None, seed: int = 0) -> BasinResult:
+    """Start from true poses rotated by θ about a random axis; how often does refinement come back?
+
+    Args:
+        splats: The object's splats.
+        views: Cameras with true poses (e.g. held-out training views). [C]
+        angles_deg: Starting errors θ. [A]
+        trials: Trials per angle; trial t uses view ``t % C`` and seed ``seed + t``.
+        config: Refinement settings (retrieval and hypotheses are not used).
+        images: The views' images; None renders them from the splats (a perfect model). [C, H, W, 3]
+        success_deg: A trial succeeds when its final rotation error is below this.
+        device: Where to render; None means the device of the splats.
+        seed: Base seed of the random axes.
+    """
+    if images is None:
+        from splatlab.splats import render_splats
+
+        with torch.no_grad():
+            images = render_splats(splats, views, background=torch.tensor(config.background),
+                                   backend=config.backend)[0].cpu()
+    errors = torch.full((len(angles_deg), trials), float("inf"), dtype=torch.float64)
+    for a, theta in enumerate(angles_deg):
+        for t in range(trials):
+            gt = views.viewmats[t % len(views)]
+            start = perturb_viewmat(gt, float(theta), seed=seed + t)
+            try:
+                res = refine(images[t % len(views)], splats, start, views.Ks[t % len(views)], config, device)
+            except PoseDivergedError:
+                continue
+            errors[a, t] = pose_error(res.viewmat.double(), gt.double())[0]
+    return BasinResult(torch.tensor([float(x) for x in angles_deg]), (errors < success_deg).double().mean(1),
+                       errors, float(success_deg))

@@ -1,0 +1,197 @@
+"""Pose refinement: the camera update, its composition order, recovery of known poses, bad inputs."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from splatlab.cameras import Cameras, camera_centers, intrinsics, look_at, perturb_viewmat, pose_error, se3_exp
+from splatlab.pose import (
+    PoseConfig, PoseDivergedError, apply_delta, basin, delta_between, estimate_pose, evaluate_poses, pose_config,
+    refine,
+)
+from splatlab.retrieval import Retriever
+from splatlab.splats import random_splats, render_splats
+
+SIZE = 48
+
+
+def _scene():
+    """A tiny opaque, colourful blob object and 8 cameras on a ring 4 units away (SIZE² images)."""
+    splats = random_splats(250, extent=0.7, init_opacity=0.9, init_scale=1.6, seed=3)
+    az = torch.arange(0.0, 360.0, 45.0)
+    from splatlab.cameras import spherical_eye
+
+    eye = spherical_eye(az, torch.full_like(az, 20.0), torch.full_like(az, 4.0))
+    cams = Cameras(look_at(eye), intrinsics(1.1 * SIZE, SIZE, SIZE, n=len(az)), SIZE, SIZE)
+    with torch.no_grad():
+        images = render_splats(splats, cams, background=torch.ones(3), backend="cpu")[0]
+    return splats, cams, images
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return _scene()
+
+
+CFG = PoseConfig(steps=60, lr=0.01, backend="cpu", k=1, num_threads=1)
+
+
+def test_delta_round_trip():
+    g = torch.Generator().manual_seed(0)
+    V0 = look_at(torch.tensor([3.0, 1.0, 2.0]))
+    for s in (1.0, 4.0):
+        delta = torch.randn(6, generator=g) * 0.2
+        V1 = apply_delta(V0, delta, s)
+        assert_close(delta_between(V0, V1, s), delta, atol=1e-5, rtol=1e-5)
+        assert_close(apply_delta(V0, delta_between(V0, V1, s), s), V1, atol=1e-5, rtol=1e-5)
+    assert_close(apply_delta(V0, torch.zeros(6)), V0)
+
+
+def test_composition_order_rotates_about_camera_centre():
+    V0 = look_at(torch.tensor([0.0, -4.0, 1.0]))
+    delta = torch.tensor([0.0, 0.0, 0.0, 0.05, -0.1, 0.02])
+    left = apply_delta(V0, delta)  # what the refinement does
+    assert_close(left, se3_exp(delta) @ V0)
+    right = V0 @ se3_exp(delta)  # the other order: a rotation about the world origin
+    assert (left - right).abs().max() > 1e-2
+    # A pure rotation in the camera frame keeps the camera centre and turns the viewing direction.
+    assert_close(camera_centers(left), camera_centers(V0), atol=1e-5, rtol=0)
+    assert (camera_centers(right) - camera_centers(V0)).norm() > 0.1
+    # Translation is in camera axes and scaled: +x moves the camera right by s units.
+    moved = apply_delta(V0, torch.tensor([1.0, 0, 0, 0, 0, 0]), 0.5)
+    right_axis = V0[0, :3]  # camera x axis in world coordinates
+    assert_close(camera_centers(moved) - camera_centers(V0), -0.5 * right_axis, atol=1e-5, rtol=0)
+
+
+def test_moving_camera_equals_moving_gaussians(scene):
+    """SplatPose moves the Gaussians by T; rendering them into V equals the fixed ones into V @ T."""
+    splats, cams, _ = scene
+    iso = {k: v.detach().clone() for k, v in splats.items()}
+    iso["scales"] = iso["scales"].mean(-1, keepdim=True).expand(-1, 3).clone()  # rotation-invariant blobs
+    T = se3_exp(torch.tensor([0.1, -0.05, 0.2, 0.1, 0.2, -0.15]))
+    moved = dict(iso, means=iso["means"] @ T[:3, :3].T + T[:3, 3])
+    V = cams.viewmats[:1]
+    a = render_splats(moved, Cameras(V, cams.Ks[:1], SIZE, SIZE), background=torch.ones(3), backend="cpu")[0]
+    b = render_splats(iso, Cameras(V @ T, cams.Ks[:1], SIZE, SIZE), background=torch.ones(3), backend="cpu")[0]
+    c = render_splats(iso, Cameras(T @ V, cams.Ks[:1], SIZE, SIZE), background=torch.ones(3), backend="cpu")[0]
+    assert_close(a, b, atol=2e-4, rtol=0)
+    assert (a - c).abs().max() > 0.1
+
+
+def _render_at(splats, viewmat, K):
+    with torch.no_grad():
+        return render_splats(splats, Cameras(viewmat[None], K[None], SIZE, SIZE), background=torch.ones(3),
+                             backend="cpu")[0][0]
+
+
+@pytest.mark.parametrize("pivot", ["camera", "object"])
+def test_refine_recovers_known_delta(scene, pivot):
+    """The δ that maps the start to a known target is recovered, in the documented frame."""
+    splats, cams, _ = scene
+    start, K = cams.viewmats[1], cams.Ks[1]
+    s = 4.0 if pivot == "camera" else 1.0
+    centre = splats["means"].detach().median(dim=0).values
+    depth = float((start[:3, :3] @ centre + start[:3, 3])[2]) if pivot == "object" else 0.0
+    true_delta = torch.tensor([0.02, -0.015, 0.01, 0.03, -0.04, 0.02])  # ~3°, ~0.1 units
+    target = apply_delta(start, true_delta, s, depth)
+    cfg = dataclasses.replace(CFG, translation_scale=s, pivot=pivot, steps=80, lr_decay_every=15)
+    res = refine(_render_at(splats, target, K), splats, start, K, cfg)
+    assert res.pivot_depth == pytest.approx(depth, abs=1e-4) and res.translation_scale == s
+    rot0, _ = pose_error(start, target)
+    rot, trans = pose_error(res.viewmat, target)
+    assert rot0 > 2.5 and rot < 0.5 and trans < 0.04, (rot0, rot, trans)
+    assert_close(delta_between(start, res.viewmat, s, depth), true_delta, atol=0.01, rtol=0)
+    assert res.losses[-1] < 0.25 * res.losses[0]
+    assert res.viewmats.shape == (len(res.losses), 4, 4) and res.scales.shape == res.losses.shape
+
+
+def test_object_pivot_keeps_the_pivot_fixed():
+    V0 = look_at(torch.tensor([0.0, -4.0, 1.0]))
+    depth = float(torch.tensor([0.0, -4.0, 1.0]).norm())
+    delta = torch.tensor([0.0, 0.0, 0.0, 0.1, -0.2, 0.05])
+    V1 = apply_delta(V0, delta, 1.0, depth)
+    origin = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    assert_close(V1 @ origin, V0 @ origin, atol=1e-5, rtol=0)  # the looked-at point stays put in the image
+    assert_close(apply_delta(V0, delta, 1.0, 0.0), se3_exp(delta) @ V0)
+    assert_close(delta_between(V0, V1, 1.0, depth), delta, atol=1e-5, rtol=0)
+
+
+def test_refine_history_pyramid_early_stop_and_renders(scene):
+    splats, cams, images = scene
+    cfg = dataclasses.replace(CFG, steps=80, pyramid_scales=(0.5,), pyramid_steps=(10,), record_every=20,
+                              early_stop_patience=3, early_stop_tol=0.5)
+    start = perturb_viewmat(cams.viewmats[2], 3.0, seed=0)
+    res = refine(images[2], splats, start, cams.Ks[2], cfg)
+    assert res.stopped_early and len(res.losses) < 80
+    assert_close(res.scales[:10], torch.full((10,), 0.5))
+    assert res.renders[0].shape == (SIZE // 2, SIZE // 2, 3)
+    assert res.renders[max(res.renders)].shape == (SIZE, SIZE, 3)
+    assert set(res.timings) == {"coarse", "hypotheses", "refine", "total"}
+
+
+def test_estimate_pose_multi_hypothesis_and_evaluation(scene):
+    splats, cams, images = scene
+    ret = Retriever.build(images, cams, "features")
+    query_cam = perturb_viewmat(cams.viewmats[5], 4.0, seed=2)
+    with torch.no_grad():
+        query = render_splats(splats, Cameras(query_cam[None], cams.Ks[:1], SIZE, SIZE),
+                              background=torch.ones(3), backend="cpu")[0][0]
+    cfg = dataclasses.replace(CFG, k=3, short_steps=5, short_scale=1.0)
+    res = estimate_pose(query, splats, ret, cfg)
+    assert len(res.candidates) == 3 and res.candidates[0].index == 5
+    assert res.short_losses.shape == (5, 3)
+    assert res.chosen == int(torch.tensor([c.loss for c in res.candidates]).argmin())
+    assert pose_error(res.viewmat, query_cam)[0] < 1.0
+    ev = evaluate_poses(splats, ret, query[None], query_cam[None], cfg)
+    summary = ev.summary()
+    assert summary["auc5"] > 80 and summary["diverged"] == 0
+
+
+def test_bad_queries_raise(scene):
+    splats, cams, images = scene
+    ret = Retriever.build(images, cams, "features")
+    with pytest.raises(ValueError, match="is 32x32"):
+        estimate_pose(torch.ones(32, 32, 3), splats, ret, CFG)
+    with pytest.raises(ValueError, match="grayscale"):
+        estimate_pose(torch.ones(SIZE, SIZE), splats, ret, CFG)
+    with pytest.raises(ValueError, match="RGBA"):
+        estimate_pose(torch.ones(SIZE, SIZE, 4), splats, ret, CFG)
+    with pytest.raises(ValueError, match="NaN"):
+        estimate_pose(torch.full((SIZE, SIZE, 3), float("nan")), splats, ret, CFG)
+    with pytest.raises(ValueError, match="pyramid"):
+        PoseConfig(pyramid_scales=(0.5,))
+
+
+def test_divergence_is_reported(scene, monkeypatch):
+    splats, cams, images = scene
+    with pytest.raises(PoseDivergedError, match="diverged"):  # an infinite step size
+        refine(images[0], splats, cams.viewmats[0], cams.Ks[0], dataclasses.replace(CFG, lr=float("inf")))
+    import splatlab.pose as pose
+
+    calls = {"n": 0}
+
+    def nan_after_three(pred, target, w):
+        calls["n"] += 1
+        out = (pred - target).abs().mean()
+        return out * float("nan") if calls["n"] > 3 else out
+
+    monkeypatch.setattr(pose, "photometric_loss", nan_after_three)
+    with pytest.raises(PoseDivergedError, match="step 3") as info:
+        refine(images[0], splats, cams.viewmats[0], cams.Ks[0], CFG)
+    assert info.value.step == 3
+    ev = evaluate_poses(splats, Retriever.build(images, cams, "features"), images[:1], cams.viewmats[:1], CFG)
+    assert ev.summary()["diverged"] == 1 and ev.rot_deg[0] == float("inf")
+
+
+def test_basin_and_presets(scene, monkeypatch):
+    splats, cams, images = scene
+    res = basin(splats, cams[:2], angles_deg=(2.0, 60.0), trials=2, config=dataclasses.replace(CFG, steps=40),
+                images=images[:2])
+    assert res.rates.shape == (2,) and res.final_rot_deg.shape == (2, 2)
+    assert res.rates[0] == 1.0 and res.rates[1] == 0.0
+    monkeypatch.setenv("SPLATLAB_FAST", "1")
+    assert pose_config("full") == pose_config("fast")
+    monkeypatch.delenv("SPLATLAB_FAST")
+    assert pose_config("full", k=5).k == 5
