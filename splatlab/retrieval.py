@@ -6,8 +6,8 @@ Two methods, chosen by name:
 - ``"features"``: cosine similarity of global descriptors from the offline ImageNet EfficientNet-lite0
   (:func:`splatlab.features.global_descriptor`: stages pooled to a coarse grid, so the descriptor changes
   with the viewpoint). One network pass per query and a matrix product; the default.
-- ``"sift"``: OpenCV SIFT keypoints and Lowe's ratio test; the similarity is the number of matches that
-  pass. It needs no learned weights and mirrors SplatPose's idea of counting LoFTR matches against every
+- ``"sift"``: OpenCV SIFT keypoints, mutual nearest neighbours and Lowe's ratio test; the similarity is the
+  number of matches that pass. It needs no learned weights and mirrors SplatPose's idea of counting LoFTR matches against every
   training view (LoFTR's weights are not available offline).
 
 The descriptors of the training views are computed once and cached on disk as a ``.pt`` file whose name
@@ -245,10 +245,19 @@ def _sift_descriptors(image: Tensor) -> np.ndarray:
 
 
 def _count_matches(a: np.ndarray, b: np.ndarray, ratio: float) -> int:
-    """Matches from ``a`` to ``b`` whose nearest neighbour beats the second by Lowe's ``ratio``."""
+    """Mutual nearest-neighbour matches between ``a`` and ``b`` that pass Lowe's ratio test.
+
+    Mutual matching counts each keypoint once, so a view with many keypoints cannot outscore the query's
+    own view by matching many of its keypoints to the same query keypoint.
+    """
     import cv2
 
     if len(a) < 2 or len(b) < 2:
         return 0
-    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a, b, k=2)
-    return sum(1 for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance)
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    back = {m.queryIdx: m.trainIdx for m in matcher.match(b, a)}  # best a for every b
+    pairs = matcher.knnMatch(a, b, k=2)
+    return sum(
+        1 for p in pairs
+        if len(p) == 2 and p[0].distance < ratio * p[1].distance and back.get(p[0].trainIdx) == p[0].queryIdx
+    )

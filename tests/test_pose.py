@@ -30,6 +30,15 @@ def _scene():
     return splats, cams, images
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch/Numba thread: tiny renders gain nothing from more, and a shared machine is oversubscribed."""
+    from splatlab.pose import _threads
+
+    with _threads(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def scene():
     return _scene()
@@ -147,6 +156,21 @@ def test_estimate_pose_multi_hypothesis_and_evaluation(scene):
     ev = evaluate_poses(splats, ret, query[None], query_cam[None], cfg)
     summary = ev.summary()
     assert summary["auc5"] > 80 and summary["diverged"] == 0
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from splatlab.viz import pose_figures as pf
+
+    res = estimate_pose(query, splats, ret, dataclasses.replace(cfg, record_every=10, steps=25))
+    assert sorted(res.renders) == [0, 10, 20, 24]
+    figs = [pf.refinement_figure(res, query_cam), pf.candidates_figure(res, ret, query), pf.renders_figure(res, query),
+            pf.error_cdf_figure({"a": ev.rot_deg})]
+    assert len(figs[0].axes) == 3 and len(figs[1].axes) == 4 and len(figs[2].axes) == 8
+    rot, _ = pf.errors_per_step(res, query_cam)
+    assert rot[0] > rot[-1]
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 def test_bad_queries_raise(scene):
@@ -191,6 +215,9 @@ def test_basin_and_presets(scene, monkeypatch):
                 images=images[:2])
     assert res.rates.shape == (2,) and res.final_rot_deg.shape == (2, 2)
     assert res.rates[0] == 1.0 and res.rates[1] == 0.0
+    from splatlab.viz.pose_figures import basin_figure
+
+    assert len(basin_figure(res).axes) == 1
     monkeypatch.setenv("SPLATLAB_FAST", "1")
     assert pose_config("full") == pose_config("fast")
     monkeypatch.delenv("SPLATLAB_FAST")
