@@ -1,0 +1,665 @@
+"""Train 3D Gaussian splats of the defect-free object from its posed training views (SplatPose step 1).
+
+The recipe is the original 3DGS one, as SplatPose runs it:
+
+- random initial points in the object's box (SplatPose: 100k in [-1.3, 1.3]^3), random colours, opacity 0.1,
+  sizes from the nearest-neighbour distance;
+- one Adam optimiser per parameter (gsplat's convention): means 1.6e-4 x scene scale, decayed exponentially
+  to 1/100 over the run; sh0 2.5e-3; shN 2.5e-3 / 20; opacities 5e-2; scales 5e-3; quats 1e-3;
+- loss 0.8 L1 + 0.2 (1 - SSIM) (:func:`splatlab.losses.photometric_loss`) against views on white, rendered on
+  white;
+- densification and pruning by ``gsplat.strategy.DefaultStrategy`` through ``render()``'s ``meta``;
+- the SH degree raised by one every ``sh_degree_interval`` steps up to ``sh_degree`` (SplatPose: 0).
+
+One deviation is forced by gsplat 1.5.3: its ``DefaultStrategy`` tests ``step % reset_every == 0 & step > 0``,
+which Python reads as a chained comparison that is always False, so it never resets opacities. The loop
+below calls gsplat's own ``reset_opa`` op on that schedule instead (idempotent if gsplat fixes the test).
+
+A run folder holds ``splats.ply``, ``config.json``, ``metrics.json``, ``history.json`` and ``checkpoint.pt``,
+each written atomically; ``resume=True`` continues from the checkpoint and ends where an uninterrupted run
+with the same seed ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from splatlab.cameras import Cameras
+from splatlab.losses import photometric_loss, psnr, ssim
+from splatlab.splats import random_splats, render_splats, save_ply
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "TrainConfig", "TrainHistory", "default_config", "train", "evaluate", "split_views", "load_run",
+    "ensure_trained", "train_cli",
+]
+
+PRESETS = ("gpu", "cpu", "fast")
+TIMERS = ("render", "loss", "backward", "optimizer", "densify", "eval")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Defaults are SplatPose's full GPU run (preset ``gpu``)."""
+
+    preset: str = "gpu"  # name of the preset these values came from (recorded in metrics.json)
+    resolution: int | None = None  # longer image side to train at (views are area-downsampled); None = as given
+    iterations: int = 30_000  # optimisation steps
+    batch_size: int = 1  # training views rendered per step (the loss is their mean)
+    seed: int = 0  # seeds initial points, view order and gsplat's split sampling
+    eval: bool = True  # hold out every `eval_every_nth` view and report PSNR/SSIM on them
+    eval_every_nth: int = 8  # views with index % this == 0 are held out (3DGS / Mip-NeRF 360 convention)
+    eval_every: int = 0  # also evaluate the held-out views every this many steps (0 = only at the end)
+    init_points: int = 100_000  # random initial Gaussians
+    init_extent: float | None = 1.3  # half-side of the initial cube around the origin; None = from the cameras
+    init_opacity: float = 0.1  # initial opacity of every Gaussian
+    init_scale: float = 1.0  # initial size = this x RMS distance to the 3 nearest neighbours
+    scene_scale: float | None = None  # scene extent; None = 1.1 x largest camera distance from their mean
+    sh_degree: int = 0  # highest SH degree (SplatPose: 0, view-independent colour)
+    sh_degree_interval: int = 1000  # raise the active SH degree by one every this many steps
+    lr_means: float = 1.6e-4  # Adam lr of the means, times scene_scale
+    lr_means_final: float = 0.01  # the means' lr decays exponentially to this fraction of its start
+    lr_sh0: float = 2.5e-3  # Adam lr of the degree-0 SH coefficient (base colour)
+    lr_shN: float = 2.5e-3 / 20  # Adam lr of the higher SH coefficients
+    lr_opacities: float = 5e-2  # Adam lr of the opacity logits
+    lr_scales: float = 5e-3  # Adam lr of the log-scales
+    lr_quats: float = 1e-3  # Adam lr of the quaternions
+    ssim_weight: float = 0.2  # loss = (1 - w) L1 + w (1 - SSIM)
+    refine_start: int = 500  # DefaultStrategy.refine_start_iter: first step that densifies
+    refine_stop: int = 15_000  # DefaultStrategy.refine_stop_iter: no densification or reset from here on
+    refine_every: int = 100  # DefaultStrategy.refine_every: steps between densifications
+    reset_every: int = 3_000  # steps between opacity resets (0 = never)
+    grow_grad2d: float = 2e-4  # DefaultStrategy.grow_grad2d: mean screen-gradient that triggers growth
+    grow_scale3d: float = 0.01  # DefaultStrategy.grow_scale3d: duplicate below, split above (x scene_scale)
+    prune_opa: float = 0.005  # DefaultStrategy.prune_opa: prune Gaussians less opaque than this
+    prune_scale3d: float = 0.1  # DefaultStrategy.prune_scale3d: prune larger ones (x scene_scale) after a reset
+    torch_threads: int | None = 1  # torch intra-op threads while training on CPU (None = unchanged); the
+    #   Numba kernels do the heavy work, and torch's OpenMP pool only adds contention on small images
+    backend: str = "auto"  # render backend: "auto" (gsplat on GPU, Numba kernel on CPU), "cpu", "torch", "gsplat"
+    checkpoint_every: int = 1_000  # write checkpoint.pt every this many steps (0 = only at the end)
+    log_every: int = 10  # refresh the progress bar every this many steps
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"TrainConfig: {msg}")
+
+        need(self.iterations > 0, f"iterations must be positive, got {self.iterations}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.init_points > 0, f"init_points must be positive, got {self.init_points}")
+        need(0 <= self.sh_degree <= 3, f"sh_degree must be 0..3, got {self.sh_degree}")
+        need(self.sh_degree_interval > 0, "sh_degree_interval must be positive")
+        need(self.eval_every_nth >= 2, f"eval_every_nth must be >= 2, got {self.eval_every_nth}")
+        need(0.0 <= self.ssim_weight <= 1.0, f"ssim_weight must be in [0, 1], got {self.ssim_weight}")
+        need(0.0 < self.init_opacity < 1.0, f"init_opacity must be in (0, 1), got {self.init_opacity}")
+        need(0.0 < self.lr_means_final <= 1.0, "lr_means_final must be in (0, 1]")
+        need(self.refine_every > 0, "refine_every must be positive")
+        need(self.resolution is None or self.resolution > 0, "resolution must be positive or None")
+        need(self.backend in ("auto", "cpu", "torch", "gsplat"), f"unknown backend {self.backend!r}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> TrainConfig:
+        """A named preset, optionally with fields replaced.
+
+        - ``gpu``: SplatPose's run: full resolution, 30k steps, 100k initial points.
+        - ``cpu``: 128 px, a few thousand steps, a few thousand initial points, denser schedule; tuned to
+          reach >= 30 dB held-out PSNR within ~2 minutes on a 2-core laptop.
+        - ``fast``: a usable model in seconds, for notebooks and CI (``SPLATLAB_FAST=1``).
+        """
+        if name == "gpu":
+            base = cls()
+        elif name == "cpu":
+            base = cls(
+                preset="cpu", resolution=128, iterations=3_000, batch_size=1, init_points=6_000,
+                init_extent=None, sh_degree_interval=500, refine_start=150, refine_stop=2_000, refine_every=75,
+                reset_every=0, checkpoint_every=500,
+            )
+        elif name == "fast":
+            base = cls(
+                preset="fast", resolution=64, iterations=300, batch_size=1, init_points=2_000,
+                init_extent=None, sh_degree_interval=100, refine_start=50, refine_stop=200, refine_every=50,
+                reset_every=0, checkpoint_every=100,
+            )
+        else:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return dataclasses.replace(base, **overrides) if overrides else base
+
+    def with_iterations(self, iterations: int) -> TrainConfig:
+        """The same schedule stretched to ``iterations`` steps (densification/reset/SH steps scale along)."""
+        f = iterations / self.iterations
+
+        def s(x: int) -> int:
+            return max(1, round(x * f)) if x > 0 else 0
+
+        return dataclasses.replace(
+            self, iterations=iterations, refine_start=s(self.refine_start), refine_stop=s(self.refine_stop),
+            refine_every=s(self.refine_every), reset_every=s(self.reset_every),
+            sh_degree_interval=s(self.sh_degree_interval),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown fields {unknown}")
+        return cls(**d)
+
+
+def default_config(device=None) -> TrainConfig:
+    """``fast`` when ``SPLATLAB_FAST=1``; else ``gpu`` for an accelerator ``device``, ``cpu`` otherwise."""
+    if os.environ.get("SPLATLAB_FAST", "") not in ("", "0"):
+        return TrainConfig.preset("fast")
+    if device is not None and torch.device(device).type != "cpu":
+        return TrainConfig.preset("gpu")
+    return TrainConfig.preset("cpu")
+
+
+@dataclass
+class TrainHistory:
+    """What happened during training, step by step (JSON-friendly)."""
+
+    step: list[int] = field(default_factory=list)  # step index of each record
+    loss: list[float] = field(default_factory=list)  # training loss of the step's batch
+    psnr: list[float] = field(default_factory=list)  # training PSNR of the step's batch, dB
+    n_gaussians: list[int] = field(default_factory=list)  # Gaussians after the step
+    seconds: list[float] = field(default_factory=list)  # wall time since the run started (resumes add up)
+    timings: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in TIMERS})  # seconds per phase
+    eval_step: list[int] = field(default_factory=list)  # steps at which the held-out views were evaluated
+    eval_psnr: list[float] = field(default_factory=list)  # held-out PSNR at those steps, dB
+    eval_ssim: list[float] = field(default_factory=list)  # held-out SSIM at those steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainHistory:
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Views
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _as_views(views) -> tuple[Tensor, Cameras]:
+    """Validate ``views`` (``.images`` [V,H,W,3] or a list of [H,W,3], ``.cameras``) -> (images, cameras)."""
+    if not hasattr(views, "images") or not hasattr(views, "cameras"):
+        raise ValueError("views must have .images [V, H, W, 3] and .cameras (e.g. splatlab.data.TrainViews)")
+    images, cameras = views.images, views.cameras
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise ValueError("views is empty: no training images")
+        sizes = sorted({tuple(im.shape) for im in images})
+        if len(sizes) > 1:
+            raise ValueError(f"views.images have mixed sizes {sizes}; all views must share one size")
+        images = torch.stack(list(images))
+    if not torch.is_tensor(images) or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"views.images must be [V, H, W, 3], got {getattr(images, 'shape', type(images))}")
+    if images.shape[0] == 0:
+        raise ValueError("views is empty: no training images")
+    if not isinstance(cameras, Cameras) or len(cameras) != images.shape[0]:
+        raise ValueError(f"views.cameras must be a Cameras batch of {images.shape[0]} (one per image)")
+    V, H, W, _ = images.shape
+    if (cameras.width, cameras.height) != (W, H):
+        raise ValueError(
+            f"views have mixed sizes: images are {W}x{H} but cameras are {cameras.width}x{cameras.height}"
+        )
+    return images.float(), cameras
+
+
+def _resize(images: Tensor, cameras: Cameras, resolution: int | None) -> tuple[Tensor, Cameras]:
+    """Area-downsample views so that the longer side is ``resolution`` (never upsamples). [V,H,W,3]"""
+    V, H, W, _ = images.shape
+    if resolution is None or max(H, W) <= resolution:
+        return images, cameras
+    s = resolution / max(H, W)
+    w, h = max(1, round(W * s)), max(1, round(H * s))
+    out = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), size=(h, w), mode="area")
+    return out.permute(0, 2, 3, 1).contiguous(), cameras.resized(w, h)
+
+
+def split_views(n_views: int, config: TrainConfig) -> tuple[Tensor, Tensor]:
+    """Indices of training and held-out views: every ``eval_every_nth`` view (index % n == 0) held out.
+
+    Returns:
+        ``(train_idx [V_train], test_idx [V_test])``; ``test_idx`` is empty when ``config.eval`` is False.
+    """
+    idx = torch.arange(n_views)
+    if not config.eval:
+        return idx, idx[:0]
+    held = idx % config.eval_every_nth == 0
+    if held.all() or (~held).all():
+        raise ValueError(f"eval=True needs at least 2 views to hold one out, got {n_views}")
+    return idx[~held], idx[held]
+
+
+def scene_extent(cameras: Cameras) -> float:
+    """3DGS's scene scale: 1.1 x the largest distance of a camera centre from the centres' mean."""
+    c = cameras.centers
+    return 1.1 * float((c - c.mean(0)).norm(dim=-1).max().clamp_min(1e-6))
+
+
+def object_extent(cameras: Cameras) -> float:
+    """Half-side of a cube at the origin that every camera sees whole: min over cameras of depth x tan(fov/2)."""
+    depth = cameras.centers.norm(dim=-1)  # the object is centred at the origin
+    half = 0.5 * min(cameras.width, cameras.height)
+    focal = torch.maximum(cameras.Ks[:, 0, 0], cameras.Ks[:, 1, 1])
+    return float((depth * half / focal).min())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _optimizers(splats, config: TrainConfig, scene_scale: float) -> dict[str, torch.optim.Adam]:
+    lrs = {
+        "means": config.lr_means * scene_scale, "quats": config.lr_quats, "scales": config.lr_scales,
+        "opacities": config.lr_opacities, "sh0": config.lr_sh0, "shN": config.lr_shN,
+    }
+    # eps 1e-15 as 3DGS and gsplat's trainer: gradients of tiny Gaussians are tiny too
+    return {k: torch.optim.Adam([{"params": [splats[k]], "lr": lr, "name": k}], eps=1e-15)
+            for k, lr in lrs.items()}
+
+
+def _strategy(config: TrainConfig):
+    from gsplat.strategy import DefaultStrategy
+
+    return DefaultStrategy(
+        prune_opa=config.prune_opa, grow_grad2d=config.grow_grad2d, grow_scale3d=config.grow_scale3d,
+        prune_scale3d=config.prune_scale3d, refine_start_iter=config.refine_start,
+        refine_stop_iter=config.refine_stop, refine_every=config.refine_every,
+        reset_every=config.reset_every if config.reset_every > 0 else 10 * config.iterations + 1,
+    )
+
+
+class _ViewSampler:
+    """Epochs of shuffled training views drawn ``batch`` at a time from a seeded ``torch.Generator``."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.gen, self.order, self.pos = n, torch.Generator().manual_seed(seed), torch.empty(0), 0
+
+    def next(self, batch: int) -> Tensor:
+        out = []
+        while len(out) < batch:
+            if self.pos >= len(self.order):
+                self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            out.append(int(self.order[self.pos]))
+            self.pos += 1
+        return torch.tensor(out)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "order": self.order.clone(), "pos": self.pos}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.gen.set_state(d["gen"])
+        self.order, self.pos = d["order"].clone(), int(d["pos"])
+
+
+@torch.no_grad()
+def evaluate(splats, images: Tensor, cameras: Cameras, *, sh_degree: int | None = None,
+             backend: str = "auto", batch: int = 8) -> dict[str, float]:
+    """Mean per-view PSNR (dB) and SSIM of renders (on white, clamped to [0, 1]) against images.
+
+    Args:
+        splats: Trained parameters.
+        images: Reference views on white. [V, H, W, 3]
+        cameras: Their cameras. [V]
+        sh_degree: SH degree to render with; all the splats hold by default.
+        backend: Render backend.
+        batch: Views rendered per call.
+    """
+    if len(images) == 0:
+        raise ValueError("evaluate: no views given")
+    white = torch.ones(3, device=images.device)
+    psnrs, ssims = [], []
+    for i in range(0, len(images), batch):
+        idx = torch.arange(i, min(i + batch, len(images)))
+        out, _, _ = render_splats(splats, cameras[idx], sh_degree=sh_degree, background=white, backend=backend)
+        out = out.clamp(0, 1)
+        psnrs += [float(psnr(o, t)) for o, t in zip(out, images[idx])]
+        ssims += ssim(out, images[idx], reduce=False).tolist()
+    return {"psnr": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims), "n_views": len(psnrs)}
+
+
+def train(
+    views, config: TrainConfig | None = None, *, out_dir: str | os.PathLike | None = None,
+    resume: bool = False, device=None, progress: bool = True, stop_at: int | None = None,
+) -> tuple[torch.nn.ParameterDict, TrainHistory]:
+    """Train splats of the object seen in ``views``.
+
+    Args:
+        views: Posed training views: ``.images`` on white in [0, 1] [V, H, W, 3] and ``.cameras`` [V]
+            (a :class:`splatlab.data.TrainViews`).
+        config: Hyper-parameters; :func:`default_config` when None.
+        out_dir: Run folder for ``splats.ply``, ``config.json``, ``metrics.json``, ``checkpoint.pt``
+            (created; its parent must exist). Nothing is written when None.
+        resume: Continue from ``out_dir/checkpoint.pt`` if there is one (same config required).
+        device: Device to train on; that of ``views.images`` when None.
+        progress: Show a ``tqdm`` progress bar.
+        stop_at: Stop after this step (checkpointing), as if interrupted; the run stays resumable.
+
+    Returns:
+        ``(splats, history)``; ``history`` also carries held-out PSNR/SSIM when ``config.eval``.
+    """
+    config = default_config(device) if config is None else config
+    images, cameras = _as_views(views)
+    device = images.device if device is None else torch.device(device)
+    images, cameras = _resize(images.to(device), cameras.to(device), config.resolution)
+    out = _prepare_out_dir(out_dir)
+    train_idx, test_idx = split_views(len(images), config)
+    scene_scale = config.scene_scale or scene_extent(cameras)
+    ckpt = _load_checkpoint(out, config) if (resume and out is not None) else None
+    threads = torch.get_num_threads()
+    if config.torch_threads is not None and device.type == "cpu":
+        torch.set_num_threads(config.torch_threads)
+    try:
+        return _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_scale, device,
+                           progress, stop_at)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_scale, device, progress, stop_at):
+    from tqdm.auto import tqdm
+
+    train_images, train_cams = images[train_idx], cameras[train_idx]
+    white = torch.ones(3, device=device)
+    devices = [device] if device.type != "cpu" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):  # gsplat's split draws global randn
+        torch.manual_seed(config.seed)
+        extent = config.init_extent if config.init_extent is not None else object_extent(cameras)
+        splats = random_splats(config.init_points, extent=extent, sh_degree=config.sh_degree,
+                               init_opacity=config.init_opacity, init_scale=config.init_scale,
+                               seed=config.seed, device=device)
+        optimizers = _optimizers(splats, config, scene_scale)
+        strategy = _strategy(config)
+        strategy.check_sanity(splats, optimizers)
+        state = strategy.initialize_state(scene_scale=scene_scale)
+        sampler = _ViewSampler(len(train_idx), config.seed)
+        history, start = TrainHistory(), 0
+        if ckpt is not None:
+            start, history, state = _restore(ckpt, splats, optimizers, sampler, device)
+            optimizers = _optimizers(splats, config, scene_scale)
+            for k, opt in optimizers.items():
+                opt.load_state_dict(ckpt["optimizers"][k])
+            log.info("resuming %s at step %d", out, start)
+        end = config.iterations if stop_at is None else min(stop_at, config.iterations)
+        t_run = time.perf_counter() - (history.seconds[-1] if history.seconds else 0.0)
+        timers = history.timings
+        bar = tqdm(total=config.iterations, initial=start, disable=not progress, desc="train", leave=False)
+        for step in range(start, end):
+            sh_deg = min(step // config.sh_degree_interval, config.sh_degree)
+            idx = sampler.next(config.batch_size).to(device)
+            means_lr = config.lr_means * scene_scale * config.lr_means_final ** (step / config.iterations)
+            optimizers["means"].param_groups[0]["lr"] = means_lr
+
+            t0 = time.perf_counter()
+            img, _, meta = render_splats(splats, train_cams[idx], sh_degree=sh_deg, background=white,
+                                         backend=config.backend)
+            t1 = time.perf_counter()
+            strategy.step_pre_backward(splats, optimizers, state, step, meta)
+            target = train_images[idx]
+            loss = photometric_loss(img, target, config.ssim_weight)
+            t2 = time.perf_counter()
+            loss.backward()
+            t3 = time.perf_counter()
+            for opt in optimizers.values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            t4 = time.perf_counter()
+            strategy.step_post_backward(splats, optimizers, state, step, meta, packed=False)
+            if config.reset_every > 0 and 0 < step < config.refine_stop and step % config.reset_every == 0:
+                from gsplat.strategy.ops import reset_opa  # see the module docstring: gsplat never calls it
+
+                reset_opa(splats, optimizers, state, value=2.0 * config.prune_opa)
+            t5 = time.perf_counter()
+            for k, dt in zip(TIMERS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                timers[k] += dt
+
+            n = len(splats["means"])
+            history.step.append(step)
+            history.loss.append(float(loss.detach()))
+            with torch.no_grad():
+                history.psnr.append(float(psnr(img.clamp(0, 1), target)))
+            history.n_gaussians.append(n)
+            if config.eval_every > 0 and len(test_idx) and (step + 1) % config.eval_every == 0:
+                _record_eval(history, step, splats, images[test_idx], cameras[test_idx], sh_deg, config)
+            history.seconds.append(time.perf_counter() - t_run)
+            bar.update(1)
+            if step % config.log_every == 0 or step == end - 1:
+                bar.set_postfix(loss=f"{history.loss[-1]:.4f}", psnr=f"{history.psnr[-1]:.2f}", n=n)
+            done = step + 1
+            if out is not None and config.checkpoint_every > 0 and done % config.checkpoint_every == 0:
+                _save_checkpoint(out, done, config, splats, optimizers, state, sampler, history)
+        bar.close()
+        done = max(start, end)
+        if out is not None and done < config.iterations:
+            _save_checkpoint(out, done, config, splats, optimizers, state, sampler, history)
+            return splats, history
+
+        if len(test_idx):
+            _record_eval(history, done, splats, images[test_idx], cameras[test_idx], config.sh_degree, config)
+        if out is not None:
+            _save_checkpoint(out, done, config, splats, optimizers, state, sampler, history)
+            _write_outputs(out, config, splats, history, n_test=len(test_idx))
+    return splats, history
+
+
+def _record_eval(history, step, splats, images, cameras, sh_degree, config) -> None:
+    t = time.perf_counter()
+    m = evaluate(splats, images, cameras, sh_degree=sh_degree, backend=config.backend)
+    history.eval_step.append(int(step))
+    history.eval_psnr.append(m["psnr"])
+    history.eval_ssim.append(m["ssim"])
+    history.timings["eval"] += time.perf_counter() - t
+    log.info("step %d: held-out PSNR %.2f dB, SSIM %.4f", step, m["psnr"], m["ssim"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run folder: atomic outputs, checkpoints
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _prepare_out_dir(out_dir) -> Path | None:
+    if out_dir is None:
+        return None
+    out = Path(out_dir).expanduser()
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"out_dir {out}: its parent folder {out.parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out} exists and is not a folder")
+    out.mkdir(exist_ok=True)
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through ``write(file)`` into a temp file beside ``path``, then rename over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def _save_checkpoint(out, step, config, splats, optimizers, state, sampler, history) -> None:
+    ckpt = {
+        "step": step,
+        "config": config.to_dict(),
+        "params": {k: v.detach().cpu() for k, v in splats.items()},
+        "optimizers": {k: opt.state_dict() for k, opt in optimizers.items()},
+        "strategy_state": {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.items()},
+        "sampler": sampler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history.to_dict(),
+    }
+    _atomic_write(out / "checkpoint.pt", lambda f: torch.save(ckpt, f))
+
+
+def _load_checkpoint(out: Path, config: TrainConfig) -> dict | None:
+    path = out / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    saved = dict(ckpt["config"])
+    now = config.to_dict()
+    diff = sorted(k for k in now if k not in ("checkpoint_every", "log_every") and saved.get(k) != now[k])
+    if diff:
+        raise ValueError(f"cannot resume {path}: its config differs in {diff}; use another out_dir")
+    return ckpt
+
+
+def _restore(ckpt, splats, optimizers, sampler, device):
+    for k, v in ckpt["params"].items():
+        splats[k] = torch.nn.Parameter(v.to(device).contiguous())
+    state = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in ckpt["strategy_state"].items()}
+    sampler.load_state_dict(ckpt["sampler"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    return int(ckpt["step"]), TrainHistory.from_dict(ckpt["history"]), state
+
+
+def _write_outputs(out: Path, config: TrainConfig, splats, history: TrainHistory, n_test: int) -> None:
+    save_ply(splats, out / "splats.ply")
+    _write_json(out / "config.json", config.to_dict())
+    metrics = {
+        "preset": config.preset,
+        "psnr": history.eval_psnr[-1] if n_test else None,
+        "ssim": history.eval_ssim[-1] if n_test else None,
+        "n_eval_views": n_test,
+        "seconds": history.seconds[-1] if history.seconds else 0.0,
+        "n_gaussians": int(len(splats["means"])),
+        "iterations": config.iterations,
+        "final_loss": history.loss[-1] if history.loss else None,
+        "time_split": history.timings,
+    }
+    _write_json(out / "metrics.json", metrics)
+    _write_json(out / "history.json", history.to_dict())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runs on disk: load, train-if-absent, CLI
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_run(run_dir: str | os.PathLike, device=None) -> tuple[torch.nn.ParameterDict, TrainConfig, dict]:
+    """Read a finished run folder: ``(splats, config, metrics)``."""
+    run = Path(run_dir)
+    for name in ("splats.ply", "config.json", "metrics.json"):
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"{run / name}: not a finished training run (missing {name})")
+    from splatlab.splats import load_ply
+
+    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    metrics = json.loads((run / "metrics.json").read_text())
+    return load_ply(run / "splats.ply", device=device), config, metrics
+
+
+def default_run_root() -> Path:
+    """Where cached runs live: ``$SPLATLAB_RUNS`` if set, else ``runs/`` beside the package (git-ignored)."""
+    env = os.environ.get("SPLATLAB_RUNS")
+    if env:
+        return Path(env).expanduser()
+    import splatlab
+
+    return Path(splatlab.__file__).resolve().parents[1] / "runs"
+
+
+def ensure_trained(
+    class_dir: str | os.PathLike, run_root: str | os.PathLike | None = None, preset: str | None = None,
+    size: int | None = 128, *, device=None, progress: bool = True, **overrides: Any,
+) -> Path:
+    """The run folder of a class, trained first if its ``splats.ply`` is absent (an interrupted run resumes).
+
+    Args:
+        class_dir: A MAD-layout class folder, e.g. ``data/lego-mad/01Cat``.
+        run_root: Parent of the run folders; :func:`default_run_root` when None.
+        preset: Training preset; that of :func:`default_config` (``fast`` under ``SPLATLAB_FAST=1``) when None.
+        size: Longer image side to load the views at (None = full resolution); also the training resolution.
+        device: Device to train on.
+        progress: Show a progress bar.
+        **overrides: ``TrainConfig`` fields to replace (they go into the run folder's name).
+
+    Returns:
+        ``run_root / "{class}-{preset}-{size}px[-overrides]"``.
+    """
+    from splatlab.data.mad import load_train
+
+    class_dir = Path(class_dir)
+    if not class_dir.is_dir():
+        raise FileNotFoundError(f"class_dir {class_dir}: class folder not found")
+    config = default_config(device) if preset is None else TrainConfig.preset(preset)
+    config = dataclasses.replace(config, resolution=size, **overrides)
+    tag = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
+    root = Path(run_root) if run_root is not None else default_run_root()
+    root.mkdir(parents=True, exist_ok=True)
+    run = root / f"{class_dir.name}-{config.preset}-{size or 'full'}px{tag}"
+    if (run / "splats.ply").is_file():
+        return run
+    log.info("training %s with preset %s into %s", class_dir.name, config.preset, run)
+    train(load_train(class_dir, size), config, out_dir=run, resume=True, device=device, progress=progress)
+    return run
+
+
+def train_cli(
+    data: Path, out: Path, preset: str = "cpu", resume: bool = False, iterations: int | None = None,
+    seed: int = 0, size: int | None = None, eval: bool = True, device: str | None = None,
+) -> int:
+    """Train splats of one class folder and write a run folder.
+
+    Args:
+        data: The class folder (MAD layout), e.g. data/lego-mad/01Cat.
+        out: The run folder to write (its parent must exist).
+        preset: gpu (SplatPose: full resolution, 30k steps), cpu (128 px, minutes) or fast (seconds).
+        resume: Continue an interrupted run in OUT from its checkpoint.
+        iterations: Stretch the preset's schedule to this many steps.
+        seed: Random seed.
+        size: Training resolution (longer side, px); the preset's when not given.
+        eval: Hold out every 8th view and report PSNR/SSIM on them.
+        device: Torch device to train on (default: CPU).
+    """
+    from splatlab.data.mad import load_train
+
+    config = TrainConfig.preset(preset, seed=seed, eval=eval)
+    if iterations is not None:
+        config = config.with_iterations(iterations)
+    if size is not None:
+        config = dataclasses.replace(config, resolution=size)
+    views = load_train(Path(data), config.resolution)
+    splats, history = train(views, config, out_dir=out, resume=resume, device=device)
+    metrics = json.loads((Path(out) / "metrics.json").read_text())
+    log.info(
+        "%s: %d Gaussians in %.0f s; held-out PSNR %s dB, SSIM %s; wrote %s", Path(data).name,
+        metrics["n_gaussians"], metrics["seconds"],
+        "n/a" if metrics["psnr"] is None else f"{metrics['psnr']:.2f}",
+        "n/a" if metrics["ssim"] is None else f"{metrics['ssim']:.4f}", out,
+    )
+    return 0
