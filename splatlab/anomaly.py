@@ -1,0 +1,425 @@
+"""Anomaly maps (query vs. a reference rendered at the estimated pose) and their calibration.
+
+The default recipe is SplatPose's (Kruse et al. 2024), with every image first resized to 224 × 224:
+
+- an RGB term: the squared difference of the normalised images, ``((q - 0.5)/0.5 - (r - 0.5)/0.5)²``,
+  summed over the three channels;
+- a feature term per stage of the ImageNet EfficientNet-lite0 (stages 1–4, see :mod:`splatlab.features`):
+  the squared difference of the two feature maps summed over channels, upsampled bilinearly to 224²;
+- the map is the sum of all terms, blurred with a Gaussian of σ = 4 px; the image score is its maximum.
+
+Other methods, by name, for teaching and ablation: ``"rgb"`` (the RGB term only), ``"features"`` (the
+feature terms only) and ``"ssim"`` (1 − the local SSIM, averaged over channels). :func:`anomaly_terms`
+returns each term on its own (before the blur, which is linear, so the blurred terms sum to the map).
+
+**Calibration** (:func:`calibrate`) uses defect-free data only: the maps of held-out good views of the
+class. It stores a per-class normalisation and a decision threshold:
+
+- ``threshold`` = ``q + margin · (q − median)``, where ``q`` is the ``quantile`` (0.99) of the held-out good
+  image scores and ``median`` their median: a little headroom above the worst good view, scaled by how much
+  the good scores spread;
+- ``normalize(x) = (x − pixel_median) / (threshold − pixel_median)``: 0 is a typical pixel of a good map, 1 is
+  the decision threshold, so a normalised map reads "how far towards 'defective' is this pixel" the same
+  way in every class. SplatPose min–max normalises maps over the test set; we never look at test data.
+
+A monotone per-class normalisation does not change any AUROC/AUPRO; it matters for the yes/no decision,
+for comparing classes and for showing maps on one colour scale.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+Method = Literal["splatpose", "rgb", "features", "ssim"]
+METHODS: tuple[str, ...] = ("splatpose", "rgb", "features", "ssim")
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """How an anomaly map is computed; the defaults are SplatPose's recipe."""
+
+    method: Method = "splatpose"  # "splatpose" (RGB + features), "rgb", "features" or "ssim" (1 − SSIM)
+    size: int = 224  # both images are resized to size × size; maps come out at this size
+    stages: tuple[int, ...] = (1, 2, 3, 4)  # EfficientNet-lite0 stages of the feature terms
+    blur_sigma: float = 4.0  # σ in pixels (at `size`) of the Gaussian blur of the map; 0 disables it
+    rgb_weight: float = 1.0  # weight of the RGB term in "splatpose"
+    feature_weight: float = 1.0  # weight of the (summed) feature terms in "splatpose"
+    ssim_window: int = 11  # side of the Gaussian SSIM window (σ = 1.5), for "ssim"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if int(self.size) < 16:
+            raise ValueError(f"size must be >= 16 pixels, got {self.size}")
+        if self.blur_sigma < 0:
+            raise ValueError(f"blur_sigma must be >= 0, got {self.blur_sigma}")
+        if self.ssim_window < 3 or self.ssim_window % 2 == 0:
+            raise ValueError(f"ssim_window must be odd and >= 3, got {self.ssim_window}")
+
+    @property
+    def uses_features(self) -> bool:
+        return self.method in ("splatpose", "features")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Images in, maps out
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _as_batch(images, name: str) -> tuple[Tensor, bool]:
+    """[H, W, 3] or [B, H, W, 3] float images -> ([B, H, W, 3] float32, was it batched)."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not torch.is_tensor(images):
+        raise ValueError(f"{name} must be a tensor or array [B, H, W, 3], got {type(images).__name__}")
+    batched = images.ndim == 4
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
+        raise ValueError(f"{name} must be RGB [H, W, 3] or [B, H, W, 3], got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be float in [0, 1], got {images.dtype}")
+    return images.float(), batched
+
+
+def resize_images(images: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Bilinear resize (antialiased when shrinking) of channels-last images. [B, H, W, 3] -> [B, h, w, 3]"""
+    hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if tuple(images.shape[1:3]) == hw:
+        return images
+    x = images.permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
+    return x.permute(0, 2, 3, 1)
+
+
+def resize_map(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of anomaly maps, e.g. from 224² back to the query's size.
+
+    Args:
+        maps: Anomaly maps. [H, W] or [B, H, W]
+        size: Target (height, width).
+
+    Returns:
+        The maps at ``size``. [h, w] or [B, h, w]
+    """
+    if maps.ndim not in (2, 3):
+        raise ValueError(f"maps must be [H, W] or [B, H, W], got {tuple(maps.shape)}")
+    single = maps.ndim == 2
+    x = maps[None, None] if single else maps[:, None]
+    if tuple(x.shape[-2:]) != (int(size[0]), int(size[1])):
+        shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+        x = F.interpolate(
+            x, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False, antialias=shrink
+        )
+    return x[0, 0] if single else x[:, 0]
+
+
+def _gaussian_kernel(sigma: float, truncate: float = 4.0, device=None) -> Tensor:
+    radius = max(1, int(truncate * sigma + 0.5))  # as scipy.ndimage.gaussian_filter
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur, truncated at 4σ, mirror padding (scipy's ``mode="mirror"``).
+
+    Args:
+        maps: Maps to blur. [B, H, W]
+        sigma: Standard deviation in pixels; 0 returns the maps unchanged.
+
+    Returns:
+        Blurred maps. [B, H, W]
+    """
+    if sigma <= 0:
+        return maps
+    assert maps.ndim == 3, maps.shape
+    k = _gaussian_kernel(float(sigma), device=maps.device).to(maps.dtype)
+    r = (len(k) - 1) // 2
+    x = maps[:, None]
+    # Reflect padding needs r < size; fall back to replicate for tiny maps.
+    mode = "reflect" if r < min(maps.shape[-2:]) else "replicate"
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def ssim_map(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Local SSIM of two image batches (data range 1), averaged over channels, same size as the input.
+
+    Args:
+        a: Images in [0, 1]. [B, H, W, 3]
+        b: Images in [0, 1]. [B, H, W, 3]
+        window: Side of the Gaussian window (odd).
+        sigma: σ of the window in pixels.
+
+    Returns:
+        SSIM in [-1, 1], 1 where the images agree. [B, H, W]
+    """
+    assert a.shape == b.shape and a.ndim == 4, (a.shape, b.shape)
+    x, y = a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)
+    C = x.shape[1]
+    g = torch.exp(-0.5 * ((torch.arange(window, device=a.device) - window // 2) / sigma) ** 2)
+    g = (g / g.sum()).to(x.dtype)
+    w = (g[:, None] * g[None, :]).expand(C, 1, window, window).contiguous()
+    r = window // 2
+
+    def filt(t: Tensor) -> Tensor:
+        return F.conv2d(F.pad(t, (r, r, r, r), mode="reflect"), w, groups=C)
+
+    mx, my = filt(x), filt(y)
+    vx, vy, cxy = filt(x * x) - mx * mx, filt(y * y) - my * my, filt(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean(dim=1)
+
+
+def anomaly_terms(
+    query, reference, config: AnomalyConfig = AnomalyConfig(), device: torch.device | str | None = None
+) -> dict[str, Tensor]:
+    """Each term of the anomaly map on its own, at ``config.size``², before the blur.
+
+    Args:
+        query: Query images, RGB in [0, 1]. [H, W, 3] or [B, H, W, 3]
+        reference: Reference images (the object rendered at the query's pose). [H', W', 3] or [B, H', W', 3]
+        config: Method and sizes.
+        device: Where to compute; None means the device of ``query``.
+
+    Returns:
+        ``{"rgb": ..., "stage1": ..., ...}`` for "splatpose", the matching subset for "rgb"/"features",
+        ``{"ssim": 1 − SSIM}`` for "ssim"; each [B, S, S] (or [S, S] for unbatched input). Their sum,
+        weighted as in ``config``, blurred, is :func:`anomaly_map`.
+    """
+    q, batched = _as_batch(query, "query")
+    r, _ = _as_batch(reference, "reference")
+    if q.shape[0] != r.shape[0]:
+        raise ValueError(f"query and reference must hold as many images, got {q.shape[0]} and {r.shape[0]}")
+    dev = q.device if device is None else torch.device(device)
+    S = int(config.size)
+    q, r = resize_images(q.to(dev), S).clamp(0, 1), resize_images(r.to(dev), S).clamp(0, 1)
+    terms: dict[str, Tensor] = {}
+    if config.method in ("splatpose", "rgb"):
+        terms["rgb"] = (((q - 0.5) / 0.5 - (r - 0.5) / 0.5) ** 2).sum(dim=-1)
+    if config.uses_features:
+        from splatlab.features import get_extractor
+
+        ext = get_extractor(config.stages, dev)
+        with torch.no_grad():
+            feats = ext(torch.cat([q, r]))
+        B = q.shape[0]
+        for stage, f in zip(config.stages, feats, strict=True):
+            d = ((f[:B] - f[B:]) ** 2).sum(dim=1, keepdim=True)
+            terms[f"stage{stage}"] = F.interpolate(d, size=(S, S), mode="bilinear", align_corners=False)[:, 0]
+    if config.method == "ssim":
+        terms["ssim"] = (1.0 - ssim_map(q, r, config.ssim_window)).clamp_min(0.0)  # rounding can exceed 1
+    return terms if batched else {k: v[0] for k, v in terms.items()}
+
+
+def combine_terms(terms: dict[str, Tensor], config: AnomalyConfig = AnomalyConfig()) -> Tensor:
+    """Weighted sum of the terms of :func:`anomaly_terms`, blurred: the anomaly map. [B, S, S] or [S, S]"""
+    total = None
+    for name, t in terms.items():
+        w = 1.0
+        if config.method == "splatpose":
+            w = config.rgb_weight if name == "rgb" else config.feature_weight
+        total = w * t if total is None else total + w * t
+    if total is None:
+        raise ValueError("terms is empty")
+    single = total.ndim == 2
+    out = gaussian_blur(total[None] if single else total, config.blur_sigma)
+    return out[0] if single else out
+
+
+def anomaly_map(
+    query, reference, config: AnomalyConfig = AnomalyConfig(), device: torch.device | str | None = None
+) -> Tensor:
+    """The anomaly map of a query against a reference rendered at its pose, at ``config.size``².
+
+    Args:
+        query: Query images, RGB in [0, 1]. [H, W, 3] or [B, H, W, 3]
+        reference: Reference images, RGB in [0, 1]. [H', W', 3] or [B, H', W', 3]
+        config: Method, size, blur.
+        device: Where to compute; None means the device of ``query``.
+
+    Returns:
+        Maps, higher = more anomalous. [S, S] or [B, S, S]
+    """
+    return combine_terms(anomaly_terms(query, reference, config, device), config)
+
+
+def image_score(maps: Tensor) -> Tensor:
+    """Image anomaly score = the maximum of the map. [B, H, W] -> [B] (or [H, W] -> [])"""
+    return maps.amax(dim=(-2, -1))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Calibration from good data only
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How the decision threshold is set from held-out good views."""
+
+    quantile: float = 0.99  # quantile of the good image scores that the threshold starts from
+    margin: float = 0.5  # threshold = q + margin · (q − median of the good scores)
+    source: Literal["pose", "gt_pose"] = "pose"  # held-out views rendered at the pose pipeline's estimate
+    #   ("pose": same conditions as a test query, honest) or at their known pose ("gt_pose": no pose error,
+    #   so a lower, optimistic threshold)
+    holdout_every: int = 8  # held-out good views: every n-th training view (training's eval split)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.quantile <= 1.0:
+            raise ValueError(f"quantile must be in (0, 1], got {self.quantile}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if self.source not in ("pose", "gt_pose"):
+            raise ValueError(f"source must be 'pose' or 'gt_pose', got {self.source!r}")
+        if self.holdout_every < 2:
+            raise ValueError(f"holdout_every must be >= 2, got {self.holdout_every}")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A per-class normalisation and decision threshold from held-out good views (no test data)."""
+
+    method: str  # anomaly method the numbers belong to (a map of another method is not comparable)
+    source: str  # "pose" or "gt_pose": how the held-out views were rendered
+    n_views: int  # number of held-out good views
+    pixel_median: float  # median pixel value of their maps: 0 after normalisation
+    score_median: float  # median image score of the good views
+    score_quantile: float  # the `quantile` of the good image scores
+    quantile: float  # which quantile
+    margin: float  # headroom factor, see CalibrationConfig
+    threshold: float  # raw image scores above this are called defective: 1 after normalisation
+    good_scores: tuple[float, ...] = ()  # the held-out good image scores, for plots
+
+    def normalize(self, x):
+        """Map raw map values or scores to the calibrated scale (0 typical good pixel, 1 threshold)."""
+        return (x - self.pixel_median) / max(self.threshold - self.pixel_median, 1e-12)
+
+    def decide(self, score) -> bool | np.ndarray:
+        """True (defective) where the raw image score exceeds the threshold."""
+        out = np.asarray(score.detach().cpu() if torch.is_tensor(score) else score) > self.threshold
+        return bool(out) if out.ndim == 0 else out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["good_scores"] = list(self.good_scores)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        d = dict(d)
+        d["good_scores"] = tuple(float(s) for s in d.get("good_scores", ()))
+        return cls(**d)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write as JSON, atomically (temp file beside it, then rename)."""
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Calibration:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no calibration file at {path}")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+            raise ValueError(f"{path}: not a calibration file ({exc})") from exc
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file via a temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def calibrate(
+    good_maps: Tensor | Sequence[Tensor],
+    method: str = "splatpose",
+    config: CalibrationConfig = CalibrationConfig(),
+) -> Calibration:
+    """Per-class normalisation and threshold from the anomaly maps of held-out *good* views.
+
+    Args:
+        good_maps: Maps of defect-free views only (never test images). [M, H, W]
+        method: The anomaly method that made them (stored, to refuse mixing methods later).
+        config: Quantile, margin and the source label to record.
+
+    Returns:
+        The calibration; a warning is logged when fewer than 5 views are given.
+    """
+    maps = torch.stack(list(good_maps)) if not torch.is_tensor(good_maps) else good_maps
+    if maps.ndim != 3 or maps.shape[0] == 0:
+        raise ValueError(f"good_maps must be [M, H, W] with M >= 1, got {tuple(maps.shape)}")
+    maps = maps.detach().float().cpu()
+    if not bool(torch.isfinite(maps).all()):
+        raise ValueError("good_maps hold NaN or inf")
+    if maps.shape[0] < 5:
+        log.warning("calibrating from only %d good views; the threshold will be rough", maps.shape[0])
+    scores = image_score(maps).double().numpy()
+    q = float(np.quantile(scores, config.quantile))
+    med = float(np.median(scores))
+    threshold = q + config.margin * (q - med)
+    # Median of a subsample of pixels is plenty and keeps this cheap for many views.
+    flat = maps.reshape(-1)
+    step = max(1, flat.numel() // 1_000_000)
+    pixel_median = float(flat[::step].median())
+    if not math.isfinite(threshold) or threshold <= pixel_median:
+        threshold = pixel_median + 1e-6
+    return Calibration(
+        method=method,
+        source=config.source,
+        n_views=int(maps.shape[0]),
+        pixel_median=pixel_median,
+        score_median=med,
+        score_quantile=q,
+        quantile=config.quantile,
+        margin=config.margin,
+        threshold=float(threshold),
+        good_scores=tuple(float(s) for s in scores),
+    )
+
+
+__all__ = [
+    "METHODS",
+    "AnomalyConfig",
+    "Calibration",
+    "CalibrationConfig",
+    "anomaly_map",
+    "anomaly_terms",
+    "atomic_write_text",
+    "calibrate",
+    "combine_terms",
+    "gaussian_blur",
+    "image_score",
+    "resize_images",
+    "resize_map",
+    "ssim_map",
+]
