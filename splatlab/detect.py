@@ -1,0 +1,561 @@
+"""Detection: pose → render → anomaly map → score and decision, per query and over a class's test set.
+
+:func:`detect` runs SplatPose's pipeline on one query image with a :class:`DetectorModel` (the splats of
+the good object, a retriever over its training views, the configs and an optional calibration)::
+
+    model = DetectorModel.from_run(run_dir, views)           # views = load_mad_class(d).train
+    model.calibrate(views)                                   # good views only; saved next to the run
+    det = detect(query, model)                               # det.map, det.score, det.decision, det.times
+
+``mode`` picks the pipeline or a baseline that shares every other step:
+
+- ``"full"``: coarse retrieval, k hypotheses, gradient refinement (:func:`splatlab.pose.estimate_pose`),
+  then render at the refined pose;
+- ``"coarse"``: render at the best-retrieved training view's pose, no refinement (baseline a);
+- ``"nearest"``: compare with the retrieved training *image* itself, no rendering (baseline b).
+
+Baseline (c), a PatchCore-style memory bank that needs no pose at all, is :class:`MemoryBank` in
+:mod:`splatlab.baselines`. :func:`run_class` evaluates any of them on a class's test set and records the
+time of every stage; :func:`class_metrics` turns a run into the MAD numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from splatlab.anomaly import (
+    AnomalyConfig,
+    Calibration,
+    CalibrationConfig,
+    anomaly_map,
+    calibrate,
+    image_score,
+    resize_images,
+    resize_map,
+)
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["full", "coarse", "nearest"]
+MODES: tuple[str, ...] = ("full", "coarse", "nearest")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Query images
+# ----------------------------------------------------------------------------------------------------------
+
+
+def prepare_query(query, height: int, width: int, name: str = "query") -> Tensor:
+    """Turn a user's image into float32 RGB [height, width, 3] in [0, 1], saying what was converted.
+
+    Accepted: float images in [0, 1] or uint8 images in [0, 255]; RGB [H, W, 3]; grayscale [H, W] or
+    [H, W, 1] (replicated to RGB); RGBA [H, W, 4] (composited on white, like MAD's loader). Another size is
+    resized to the model's views (bilinear, antialiased) and logged.
+
+    Raises:
+        ValueError: Any other layout (a batch, 2 or 5+ channels), a non-numeric dtype, or NaN/inf.
+    """
+    if isinstance(query, np.ndarray):
+        query = torch.from_numpy(np.ascontiguousarray(query))
+    if not torch.is_tensor(query):
+        raise ValueError(f"{name} must be a tensor or array [H, W, 3], got {type(query).__name__}")
+    if query.dtype == torch.uint8:
+        query = query.float() / 255.0
+    elif not query.is_floating_point():
+        raise ValueError(f"{name} must be float in [0, 1] or uint8, got dtype {query.dtype}")
+    query = query.float()
+    if not bool(torch.isfinite(query).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    if query.ndim == 2:
+        query = query[..., None]
+    if query.ndim != 3:
+        raise ValueError(
+            f"{name} must be one image [H, W, 3] (channels last), got {tuple(query.shape)}; "
+            "detect() takes one image at a time"
+        )
+    c = query.shape[-1]
+    if c == 1:
+        log.info("%s is grayscale; replicating it to RGB", name)
+        query = query.expand(-1, -1, 3)
+    elif c == 4:
+        log.info("%s is RGBA; compositing it on white", name)
+        query = query[..., :3] * query[..., 3:] + (1.0 - query[..., 3:])
+    elif c != 3:
+        raise ValueError(
+            f"{name} has {c} channels {tuple(query.shape)}; pass RGB [H, W, 3], RGBA "
+            "[H, W, 4] or grayscale [H, W]"
+        )
+    if query.min() < -1e-3 or query.max() > 1 + 1e-3:
+        raise ValueError(
+            f"{name} values span [{float(query.min()):.3g}, {float(query.max()):.3g}]; expected "
+            "[0, 1] (float) or [0, 255] (uint8)"
+        )
+    query = query.clamp(0, 1)
+    if tuple(query.shape[:2]) != (height, width):
+        log.warning(
+            "%s is %dx%d (HxW) but the model's views are %dx%d; resizing it",
+            name,
+            query.shape[0],
+            query.shape[1],
+            height,
+            width,
+        )
+        query = resize_images(query[None], (height, width))[0].clamp(0, 1)
+    return query.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------------
+
+
+def holdout_indices(n_views: int, every: int = 8) -> list[int]:
+    """Held-out good views for calibration: every ``every``-th view from 0 (training's eval split)."""
+    return list(range(0, int(n_views), int(every)))
+
+
+@dataclass
+class DetectorModel:
+    """Everything :func:`detect` needs for one class.
+
+    Args:
+        splats: The good object's splats (``ParameterDict`` layout of :mod:`splatlab.splats`).
+        retriever: Training views and descriptors (:class:`splatlab.retrieval.Retriever`).
+        pose_config: Coarse-to-fine pose settings (:class:`splatlab.pose.PoseConfig`).
+        anomaly: How maps are made.
+        calibration: Normalisation and threshold from good views; None gives no yes/no decision.
+        run_dir: The training run folder, where calibrations are saved.
+    """
+
+    splats: torch.nn.ParameterDict
+    retriever: object
+    pose_config: object
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    calibration: Calibration | None = None
+    run_dir: Path | None = None
+
+    @property
+    def height(self) -> int:
+        return self.retriever.cameras.height
+
+    @property
+    def width(self) -> int:
+        return self.retriever.cameras.width
+
+    @property
+    def device(self) -> torch.device:
+        return self.splats["means"].device
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        views,
+        pose_config=None,
+        anomaly: AnomalyConfig | None = None,
+        retrieval: str = "features",
+        calibration_source: str | None = "pose",
+        device=None,
+    ) -> DetectorModel:
+        """Load ``run_dir/splats.ply``, index the training views, and load a saved calibration if any.
+
+        Args:
+            run_dir: A training run folder holding ``splats.ply``.
+            views: The class's training views (:class:`splatlab.data.TrainViews`), at the run's size. [V]
+            pose_config: Pose settings; None means ``pose_config("full")`` (``"fast"`` with SPLATLAB_FAST=1).
+            anomaly: Anomaly-map settings; None means SplatPose's recipe.
+            retrieval: Coarse retrieval method, "features" or "sift".
+            calibration_source: Which saved calibration to load ("pose" or "gt_pose"); None loads none.
+            device: Where to put the splats; None means CPU.
+        """
+        from splatlab.pose import pose_config as make_pose_config
+        from splatlab.retrieval import Retriever
+        from splatlab.splats import load_ply
+
+        run_dir = Path(run_dir)
+        ply = run_dir / "splats.ply"
+        if not ply.is_file():
+            raise FileNotFoundError(f"{ply} not found: is {run_dir} a training run folder?")
+        anomaly = AnomalyConfig() if anomaly is None else anomaly
+        splats = load_ply(ply, device=device)
+        retriever = Retriever.build(
+            views.images, views.cameras, method=retrieval, cache_dir=run_dir, device=device
+        )
+        model = cls(splats, retriever, pose_config or make_pose_config("full"), anomaly, None, run_dir)
+        if calibration_source is not None and model.calibration_path(calibration_source).is_file():
+            model.calibration = Calibration.load(model.calibration_path(calibration_source))
+            if model.calibration.method != anomaly.method:
+                raise ValueError(
+                    f"{model.calibration_path(calibration_source)} was made for method "
+                    f"{model.calibration.method!r}, not {anomaly.method!r}"
+                )
+        return model
+
+    def calibration_path(self, source: str) -> Path:
+        if self.run_dir is None:
+            raise ValueError("this model has no run_dir to keep calibrations in")
+        return Path(self.run_dir) / f"calibration_{self.anomaly.method}_{source}.json"
+
+    def calibrate(
+        self, views, config: CalibrationConfig | None = None, mode: Mode = "full", save: bool = True
+    ) -> Calibration:
+        """Calibrate on held-out *good* training views (never test images) and keep the result.
+
+        With ``config.source == "pose"`` each held-out view goes through the same pipeline as a test query
+        (``mode``), with its own view excluded from retrieval, so the threshold includes pose error; with
+        ``"gt_pose"`` it is rendered at its known pose (no pose error: a lower, optimistic threshold).
+
+        Args:
+            views: The training views the retriever was built from. [V]
+            config: Quantile, margin, source and hold-out spacing; None means the defaults.
+            mode: The pipeline used for ``source == "pose"``.
+            save: Write ``calibration_<method>_<source>.json`` next to the run (atomically).
+        """
+        config = CalibrationConfig() if config is None else config
+        idx = holdout_indices(len(views.images), config.holdout_every)
+        maps = []
+        for i in idx:
+            if config.source == "gt_pose":
+                det = detect(views.images[i], self, viewmat=views.cameras.viewmats[i])
+            else:
+                det = detect(views.images[i], self, mode=mode, exclude=[i])
+            maps.append(det.map)
+        self.calibration = calibrate(torch.stack(maps), self.anomaly.method, config)
+        log.info(
+            "calibrated on %d held-out good views (%s): threshold %.4g",
+            len(idx),
+            config.source,
+            self.calibration.threshold,
+        )
+        if save and self.run_dir is not None:
+            self.calibration.save(self.calibration_path(config.source))
+        return self.calibration
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One query
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Detection:
+    """The result of :func:`detect` for one query.
+
+    Args:
+        query: The query as used (RGB, the model's size). [H, W, 3]
+        reference: The good object at the estimated pose (rendered, or the nearest training image). [H, W, 3]
+        viewmat: The pose the reference was made at. [4, 4]
+        map: Anomaly map at the anomaly config's size. [S, S]
+        map_full: The map resized (bilinear) to the size of the query as given. [H0, W0]
+        score: Image score, the map's maximum.
+        normalized_score: The score on the calibrated scale (1 = threshold), or None without calibration.
+        decision: True = defective, None without calibration.
+        times: Seconds per stage: "coarse", "hypotheses", "refine", "render", "score", "total".
+        pose: The pose estimate with its history (``mode="full"``), else None.
+        retrieved: Index of the best-retrieved training view (None when the pose was given).
+    """
+
+    query: Tensor
+    reference: Tensor
+    viewmat: Tensor
+    map: Tensor
+    map_full: Tensor
+    score: float
+    normalized_score: float | None
+    decision: bool | None
+    times: dict[str, float]
+    pose: object | None = None
+    retrieved: int | None = None
+
+
+def render_reference(model: DetectorModel, viewmat: Tensor) -> Tensor:
+    """The good object rendered on the pose config's background at ``viewmat``. [4, 4] -> [H, W, 3]"""
+    from splatlab.cameras import Cameras
+    from splatlab.splats import render_splats
+
+    cams = model.retriever.cameras
+    dev = model.device
+    cam = Cameras(
+        viewmat.to(dev, torch.float32)[None], cams.Ks[:1].to(dev, torch.float32), cams.width, cams.height
+    )
+    with torch.no_grad():
+        img, _, _ = render_splats(
+            model.splats,
+            cam,
+            background=torch.tensor(model.pose_config.background, device=dev),
+            backend=model.pose_config.backend,
+        )
+    return img[0].clamp(0, 1).cpu()
+
+
+def detect(
+    query,
+    model: DetectorModel,
+    *,
+    mode: Mode = "full",
+    viewmat: Tensor | None = None,
+    exclude: list[int] | None = None,
+) -> Detection:
+    """Detect anomalies in one query image of unknown pose.
+
+    Args:
+        query: RGB image on white: float [0, 1] or uint8; grayscale/RGBA are converted, another size is
+            resized (and logged). [H, W, 3]
+        model: Splats, retriever, configs and calibration of the class.
+        mode: "full" (retrieve + refine + render), "coarse" (render at the retrieved view, no refinement)
+            or "nearest" (compare with the retrieved training image, no rendering).
+        viewmat: A known pose to render at instead of estimating one (teaching, calibration, tests). [4, 4]
+        exclude: Training views not to retrieve (a held-out view's own index). [E]
+
+    Returns:
+        The :class:`Detection`.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    raw_hw = tuple(np.shape(query)[:2])
+    q = prepare_query(query, model.height, model.width)
+    times = {"coarse": 0.0, "hypotheses": 0.0, "refine": 0.0, "render": 0.0, "score": 0.0}
+    pose, retrieved, reference = None, None, None
+    if viewmat is not None:
+        vm = torch.as_tensor(viewmat, dtype=torch.float32).cpu()
+        if vm.shape != (4, 4):
+            raise ValueError(f"viewmat must be [4, 4], got {tuple(vm.shape)}")
+    elif mode == "full":
+        from splatlab.pose import estimate_pose
+
+        pose = estimate_pose(q, model.splats, model.retriever, model.pose_config, exclude=exclude)
+        for k in ("coarse", "hypotheses", "refine"):
+            times[k] = float(pose.timings.get(k, 0.0))
+        vm, retrieved = pose.viewmat, pose.candidates[0].index
+    else:
+        t0 = time.perf_counter()
+        idx, _ = model.retriever.top_k(q, 1, exclude=exclude)
+        retrieved = int(idx[0])
+        vm = model.retriever.cameras.viewmats[retrieved].float().cpu()
+        if mode == "nearest":
+            reference = model.retriever.images[retrieved].float().cpu()
+        times["coarse"] = time.perf_counter() - t0
+    if reference is None:
+        t0 = time.perf_counter()
+        reference = render_reference(model, vm)
+        times["render"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    amap = anomaly_map(q, reference, model.anomaly).cpu()
+    score = float(image_score(amap))
+    map_full = resize_map(amap, raw_hw if len(raw_hw) == 2 else (model.height, model.width))
+    times["score"] = time.perf_counter() - t0
+    times["total"] = sum(times.values())
+    cal = model.calibration
+    if cal is not None and cal.method != model.anomaly.method:
+        raise ValueError(
+            f"calibration was made for method {cal.method!r}, the model uses {model.anomaly.method!r}"
+        )
+    return Detection(
+        q,
+        reference,
+        vm,
+        amap,
+        map_full,
+        score,
+        None if cal is None else float(cal.normalize(score)),
+        None if cal is None else bool(cal.decide(score)),
+        times,
+        pose,
+        retrieved,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A class's test set
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassRun:
+    """Per-query outputs of one method on one class's test set.
+
+    Args:
+        name: Class name.
+        method: "full", "coarse", "nearest" or "memory_bank".
+        scores: Image scores. [M]
+        labels: 1 = defective. [M]
+        defects: Defect type per query ("good", "Burrs", ...). [M]
+        maps: Anomaly maps at the query size. [M, H, W]
+        masks: Ground-truth masks. [M, H, W]
+        times: Seconds per stage and query, {stage: [M]}.
+        decisions: Calibrated yes/no per query, or None. [M]
+        rot_errors: Rotation error in degrees against the test poses (evaluation only), or None. [M]
+        indices: Which test samples were run (indices into ``MADClass.test``). [M]
+        examples: A few detections kept for figures.
+        example_positions: Their positions in the arrays above. [E]
+    """
+
+    name: str
+    method: str
+    scores: np.ndarray
+    labels: np.ndarray
+    defects: list[str]
+    maps: np.ndarray
+    masks: np.ndarray
+    times: dict[str, np.ndarray]
+    decisions: np.ndarray | None = None
+    rot_errors: np.ndarray | None = None
+    indices: list[int] = field(default_factory=list)
+    examples: list[Detection] = field(default_factory=list)
+    example_positions: list[int] = field(default_factory=list)
+
+
+def select_queries(defects: list[str], max_queries: int | None, seed: int = 0) -> list[int]:
+    """Up to ``max_queries`` test indices, spread evenly over the defect types (good included)."""
+    n = len(defects)
+    if max_queries is None or max_queries >= n:
+        return list(range(n))
+    if max_queries < 2:
+        raise ValueError(f"max_queries must be >= 2 (one good, one defective), got {max_queries}")
+    rng = np.random.default_rng(seed)
+    groups = {
+        t: list(rng.permutation([i for i in range(n) if defects[i] == t])) for t in dict.fromkeys(defects)
+    }
+    out: list[int] = []
+    while len(out) < max_queries:
+        for t in groups:
+            if groups[t] and len(out) < max_queries:
+                out.append(int(groups[t].pop(0)))
+    return sorted(out)
+
+
+def run_class(
+    model: DetectorModel,
+    test: list,
+    mode: Mode = "full",
+    name: str = "",
+    indices: list[int] | None = None,
+    gt_viewmats: Tensor | None = None,
+    n_examples: int = 4,
+    progress: bool = True,
+) -> ClassRun:
+    """Run :func:`detect` on test samples and collect scores, maps and per-stage times.
+
+    Args:
+        model: The class's detector.
+        test: Test samples (:class:`splatlab.data.TestSample`). [T]
+        mode: Pipeline or baseline, see :func:`detect`.
+        name: Class name for the record.
+        indices: Which samples to run; all by default. [M]
+        gt_viewmats: Test poses for the pose AUC (evaluation only; the detector never sees them). [T, 4, 4]
+        n_examples: Detections kept for figures (the highest-scoring defective and good ones).
+        progress: Show a tqdm bar.
+    """
+    from tqdm.auto import tqdm
+
+    from splatlab.cameras import pose_error
+
+    indices = list(range(len(test))) if indices is None else list(indices)
+    if not indices:
+        raise ValueError("run_class: no test samples to run")
+    dets, rot = [], []
+    for i in tqdm(indices, desc=f"{name or 'class'} {mode}", leave=False, disable=not progress):
+        d = detect(test[i].image, model, mode=mode)
+        dets.append(d)
+        if gt_viewmats is not None:
+            rot.append(float(pose_error(d.viewmat.double(), gt_viewmats[i].double().cpu())[0]))
+    run = ClassRun(
+        name=name,
+        method=mode,
+        scores=np.array([d.score for d in dets]),
+        labels=np.array([test[i].label for i in indices]),
+        defects=[test[i].defect for i in indices],
+        maps=np.stack([d.map_full.numpy() for d in dets]),
+        masks=np.stack([test[i].mask.numpy() for i in indices]),
+        times={k: np.array([d.times[k] for d in dets]) for k in dets[0].times},
+        decisions=None if model.calibration is None else np.array([bool(d.decision) for d in dets]),
+        rot_errors=np.array(rot) if rot else None,
+        indices=indices,
+    )
+    run.example_positions = pick_examples(run.scores, run.labels, n_examples)
+    run.examples = [dets[i] for i in run.example_positions]
+    return run
+
+
+def pick_examples(scores: np.ndarray, labels: np.ndarray, n: int) -> list[int]:
+    """Up to n positions for a figure: the highest-scoring defective queries, then the lowest good one."""
+    if n <= 0:
+        return []
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    bad = [int(i) for i in order if labels[i]]
+    good = [int(i) for i in order[::-1] if not labels[i]]
+    return (bad[: max(n - 1, 1)] + good[:1])[:n]
+
+
+def class_metrics(run: ClassRun) -> dict:
+    """MAD metrics of one run, AUROCs/AUPRO in percent; pixel metrics are NaN when the masks are empty.
+
+    Returns:
+        {"image_auroc", "pixel_auroc", "aupro", "per_defect", "seconds_per_query", "stage_seconds",
+        "n", and, when available, "pose_auc" (5/10/20°, percent) and "decision" (TPR/FPR at the calibrated
+        threshold)}.
+    """
+    from splatlab import metrics
+
+    out: dict = {"name": run.name, "method": run.method, "n": int(len(run.scores))}
+    out["image_auroc"] = 100.0 * metrics.image_auroc(run.scores, run.labels)
+    has_masks = bool(run.masks[run.labels.astype(bool)].any())
+    if has_masks:
+        out["pixel_auroc"] = 100.0 * metrics.pixel_auroc(run.maps, run.masks)
+        out["aupro"] = 100.0 * metrics.aupro(run.maps, run.masks, fpr_limit=0.3)
+    else:
+        warnings.warn(
+            f"class {run.name!r} has no anomalous pixel in its test masks: image-level metrics only",
+            stacklevel=2,
+        )
+        out["pixel_auroc"] = out["aupro"] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a defect type without masks is reported as NaN, already warned
+        per = metrics.per_defect_breakdown(
+            run.scores,
+            run.labels,
+            run.defects,
+            list(run.maps) if has_masks else None,
+            list(run.masks) if has_masks else None,
+        )
+    out["per_defect"] = {
+        k: {m: (100.0 * v if m != "n" else v) for m, v in row.items()} for k, row in per.items()
+    }
+    out["seconds_per_query"] = float(run.times["total"].mean())
+    out["stage_seconds"] = {k: float(v.mean()) for k, v in run.times.items() if k != "total"}
+    if run.rot_errors is not None:
+        out["pose_auc"] = {str(t): 100.0 * a for t, a in metrics.pose_auc(run.rot_errors).items()}
+        out["median_rot_deg"] = float(np.median(run.rot_errors))
+    if run.decisions is not None:
+        y = run.labels.astype(bool)
+        out["decision"] = {
+            "tpr": float(run.decisions[y].mean()) if y.any() else float("nan"),
+            "fpr": float(run.decisions[~y].mean()) if (~y).any() else float("nan"),
+            "accuracy": float((run.decisions == y).mean()),
+        }
+    return out
+
+
+__all__ = [
+    "MODES",
+    "ClassRun",
+    "Detection",
+    "DetectorModel",
+    "class_metrics",
+    "detect",
+    "holdout_indices",
+    "pick_examples",
+    "prepare_query",
+    "render_reference",
+    "run_class",
+    "select_queries",
+]
