@@ -44,7 +44,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-__all__ = ["project_cpu", "rasterize_cpu"]
+__all__ = ["choose_threading_layer", "project_cpu", "rasterize_cpu"]
 
 # Fast-math flags that are safe here: no NaN/Inf assumptions (culling relies on comparisons).
 _FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -910,12 +910,15 @@ def _sum_threads(gbuf, out):
 _KERNEL_LOCK = threading.RLock()
 
 
-def _choose_threading_layer() -> None:
-    """Prefer Numba's ``workqueue`` threading layer, unless the user chose one or threads already run.
+def choose_threading_layer() -> None:
+    """Prefer Numba's ``workqueue`` threading layer, unless the user chose one or Numba's threads already run.
 
     Numba's default, OpenMP, spin-waits at the end of each parallel region. Next to torch's own OpenMP pool,
-    or with other processes on a 2-core machine, that costs ~8 ms per kernel launch (measured), i.e. more
-    than a whole 128² render. ``workqueue`` launches in ~0.05 ms. Set ``NUMBA_THREADING_LAYER`` to override.
+    or with other processes on a 2-core machine, that cost ~8 ms per kernel launch here (measured), more
+    than a whole 128² render; ``workqueue`` launches in ~0.05 ms. The layer is fixed by Numba's first
+    parallel launch, and ``numba.get_num_threads()``/``set_num_threads()`` launch it too: code that calls
+    those before the first render should call this function first. Set ``NUMBA_THREADING_LAYER`` to override.
+    Called by :func:`project_cpu` and :func:`rasterize_cpu`.
     """
     if "NUMBA_THREADING_LAYER" in os.environ:
         return
@@ -984,7 +987,7 @@ class _ProjectCPU(torch.autograd.Function):
         means2d = np.empty((C, N, 2), np.float32)
         depths = np.empty((C, N), np.float32)
         conics = np.empty((C, N, 3), np.float32)
-        _choose_threading_layer()
+        choose_threading_layer()
         if N > 0 and C > 0:
             with _KERNEL_LOCK:
                 _project_fwd(
@@ -1083,7 +1086,7 @@ class _RasterizeCPU(torch.autograd.Function):
         dp = _np32(depths, "depths")
         bg = np.zeros((C, D), np.float32) if background is None else _np32(background, "background")
 
-        _choose_threading_layer()
+        choose_threading_layer()
         out_col = np.empty((C, H, W, D), np.float32)
         out_col[:] = bg[:, None, None, :]
         out_alpha = np.zeros((C, H, W, 1), np.float32)
