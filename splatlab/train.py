@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import tyro
 from torch import Tensor
 
 from splatlab.cameras import Cameras
@@ -128,9 +129,9 @@ class TrainConfig:
             base = cls()
         elif name == "cpu":
             base = cls(
-                preset="cpu", resolution=128, iterations=3_000, batch_size=1, init_points=6_000,
-                init_extent=None, sh_degree_interval=500, refine_start=150, refine_stop=2_000, refine_every=75,
-                reset_every=0, checkpoint_every=500,
+                preset="cpu", resolution=128, iterations=1_500, batch_size=1, init_points=5_000,
+                init_extent=None, init_scale=0.5, sh_degree_interval=500, refine_start=100, refine_stop=1_200,
+                refine_every=100, reset_every=0, checkpoint_every=500,
             )
         elif name == "fast":
             base = cls(
@@ -630,7 +631,7 @@ def ensure_trained(
 
 
 def train_cli(
-    data: Path, out: Path, preset: str = "cpu", resume: bool = False, iterations: int | None = None,
+    data: tyro.conf.Positional[Path], out: Path, preset: str = "cpu", resume: bool = False, iterations: int | None = None,
     seed: int = 0, size: int | None = None, eval: bool = True, device: str | None = None,
 ) -> int:
     """Train splats of one class folder and write a run folder.
