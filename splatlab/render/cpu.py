@@ -554,11 +554,12 @@ def _radix_argsort(keys):
     return idx
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _bin_count(means2d, radii, depths, ts, tw, th, counts, order, nvalid):
+    # serial: C is usually 1, and a parallel launch for one iteration only adds a thread hand-off
     C, N = depths.shape
     T = tw * th
-    for c in prange(C):
+    for c in range(C):
         valid = np.empty(N, np.int32)
         nv = 0
         for i in range(N):
@@ -890,17 +891,6 @@ def _raster_bwd(
                 row[g, j] += tg[k, j]
 
 
-@njit(parallel=True, cache=True)
-def _sum_threads(gbuf, out):
-    nthr, M, K = gbuf.shape
-    for i in prange(M):
-        for j in range(K):
-            s = np.float32(0.0)
-            for t in range(nthr):
-                s += gbuf[t, i, j]
-            out[i, j] = s
-
-
 # --------------------------------------------------------------------------------------------------------
 # torch glue
 # --------------------------------------------------------------------------------------------------------
@@ -968,7 +958,8 @@ def _bin_gaussians(m2, rd, dp, ts, tw, th):
     np.cumsum(counts, out=offsets[1:])
     bins = np.empty(int(offsets[-1]), np.int32)
     if bins.shape[0] > 0:
-        _bin_fill(m2, rd, ts, tw, th, order, nvalid, offsets, bins, numba.get_num_threads())
+        with numba.parallel_chunksize(1):  # dynamic: a late thread must not hold the others up
+            _bin_fill(m2, rd, ts, tw, th, order, nvalid, offsets, bins, min(th, 4 * numba.get_num_threads()))
     nonempty = np.flatnonzero(counts)
     tiles = nonempty[np.argsort(-counts[nonempty], kind="stable")]
     return offsets, bins, tiles
@@ -989,7 +980,7 @@ class _ProjectCPU(torch.autograd.Function):
         conics = np.empty((C, N, 3), np.float32)
         choose_threading_layer()
         if N > 0 and C > 0:
-            with _KERNEL_LOCK:
+            with _KERNEL_LOCK, numba.parallel_chunksize(64):
                 _project_fwd(
                     m,
                     q,
@@ -1048,7 +1039,7 @@ class _ProjectCPU(torch.autograd.Function):
                 v_s,
                 parts,
             )
-            with _KERNEL_LOCK:
+            with _KERNEL_LOCK, numba.parallel_chunksize(1):
                 _project_bwd(*args)
 
         def out(a, like, need):
@@ -1152,11 +1143,9 @@ class _RasterizeCPU(torch.autograd.Function):
                         valpha,
                         gbuf,
                     )
-            if nthr > 1:
-                g = np.empty((C * N, 6 + D), np.float32)
-                _sum_threads(gbuf, g)
-            else:
-                g = gbuf[0]
+        g = gbuf[0]
+        for t in range(1, nthr):
+            g += gbuf[t]
         g = torch.from_numpy(g).view(C, N, 6 + D)
         v_means2d = g[..., 0:2].to(means2d.dtype) if need[0] else None
         v_conics = g[..., 2:5].to(conics.dtype) if need[1] else None
