@@ -152,3 +152,43 @@ def test_presets_and_default_config(monkeypatch):
     assert stretched.refine_stop == 2 * cpu.refine_stop
     train_idx, test_idx = split_views(17, cpu)
     assert test_idx.tolist() == [0, 8, 16] and len(train_idx) == 14
+
+
+def write_mad_class(views, root):
+    """Write the tiny scene as a MAD-layout class folder (train views + transforms.json)."""
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    from splatlab.cameras import viewmat_to_opengl_c2w
+
+    c = root / "01Blob"
+    (c / "train" / "good").mkdir(parents=True)
+    c2w = viewmat_to_opengl_c2w(views.cameras.viewmats)
+    frames = []
+    for i, im in enumerate(views.images):
+        Image.fromarray((im.numpy() * 255).round().astype(np.uint8)).save(c / "train" / "good" / f"{i}.png")
+        frames.append({"file_path": f"./train/good/{i}.png", "transform_matrix": c2w[i].tolist()})
+    angle = 2 * math.atan(0.5 * SIZE / float(views.cameras.Ks[0, 0, 0]))
+    (c / "transforms.json").write_text(json.dumps({"camera_angle_x": angle, "frames": frames}))
+    return c
+
+
+def test_ensure_trained_caches_and_cli_trains(views, tmp_path):
+    from splatlab.cli import main
+    from splatlab.train import ensure_trained
+
+    class_dir = write_mad_class(views, tmp_path)
+    run = ensure_trained(class_dir, tmp_path / "runs", preset="fast", size=None, progress=False, iterations=15)
+    assert run.parent == tmp_path / "runs" and run.name.startswith("01Blob-fast-")
+    stamp = (run / "splats.ply").stat().st_mtime_ns
+    assert ensure_trained(class_dir, tmp_path / "runs", preset="fast", size=None, iterations=15) == run
+    assert (run / "splats.ply").stat().st_mtime_ns == stamp  # cached: not trained again
+    with pytest.raises(FileNotFoundError, match="class_dir"):
+        ensure_trained(tmp_path / "nope", tmp_path / "runs")
+
+    out = tmp_path / "cli-run"
+    assert main(["train", str(class_dir), "--out", str(out), "--preset", "fast", "--iterations", "12"]) == 0
+    _, cfg, metrics = load_run(out)
+    assert cfg.iterations == 12 and cfg.preset == "fast" and metrics["psnr"] > 10
