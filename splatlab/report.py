@@ -1,0 +1,251 @@
+"""A benchmark report folder: markdown tables, ROC curves and example maps, written atomically.
+
+Layout of ``write_report(out_dir, summary, runs)``::
+
+    out_dir/
+      README.md             per-class table (+ mean) of the pipeline, baselines, per-defect, stage times
+      results.json          the summary as given (the benchmark's JSON)
+      roc_curves.png        image-level ROC per class, one curve per method
+      examples_<class>.png  query | reference | anomaly map | ground truth for a few test images
+
+The folder is assembled in a temporary sibling and renamed into place, so a reader never sees a half
+written report; an existing report at ``out_dir`` is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+METHOD_TITLES = {
+    "full": "SplatPose (full)",
+    "coarse": "coarse pose only",
+    "nearest": "nearest training view",
+    "memory_bank": "memory bank (PatchCore-style)",
+}
+
+
+def _fmt(x, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def markdown_report(summary: Mapping) -> str:
+    """The README of a report, from the benchmark summary (see ``benchmarks/detect.py``)."""
+    lines = ["# Anomaly detection benchmark", ""]
+    meta = summary.get("meta", {})
+    if meta:
+        lines += ["Settings: " + ", ".join(f"{k} = `{v}`" for k, v in meta.items()), ""]
+    classes = summary.get("classes", [])
+    lines += [
+        "## Full pipeline per class",
+        "",
+        "| class | image AUROC | pixel AUROC | AUPRO@0.3 | pose AUC@10° | s / query | decision TPR / FPR |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in classes:
+        pose = c.get("pose_auc", {}).get("10")
+        dec = c.get("decision")
+        dec_s = f"{_fmt(100 * dec['tpr'], 0)} / {_fmt(100 * dec['fpr'], 0)}" if dec else "–"
+        lines.append(
+            f"| {c['name']} | {_fmt(c['image_auroc'])} | {_fmt(c['pixel_auroc'])} | {_fmt(c['aupro'])} | "
+            f"{_fmt(pose)} | {_fmt(c.get('seconds_per_query'), 2)} | {dec_s} |"
+        )
+    lines.append(
+        f"| **mean** | **{_fmt(summary.get('mean_image_auroc'))}** | "
+        f"**{_fmt(summary.get('mean_pixel_auroc'))}** | **{_fmt(summary.get('mean_aupro'))}** | | | |"
+    )
+    lines += [
+        "",
+        "AUROC, AUPRO and pose AUC in percent. Decision: share of defective (TPR) and good (FPR) test",
+        "images above the threshold calibrated on held-out good training views only.",
+        "",
+    ]
+    baselines = summary.get("baselines", {})
+    if baselines:
+        lines += [
+            "## Baselines on the same images (mean over classes)",
+            "",
+            "| method | image AUROC | pixel AUROC | AUPRO@0.3 | s / query |",
+            "|---|---:|---:|---:|---:|",
+            f"| {METHOD_TITLES['full']} | {_fmt(summary.get('mean_image_auroc'))} | "
+            f"{_fmt(summary.get('mean_pixel_auroc'))} | {_fmt(summary.get('mean_aupro'))} | "
+            f"{_fmt(_mean([c.get('seconds_per_query') for c in classes]), 2)} |",
+        ]
+        for name, b in baselines.items():
+            lines.append(
+                f"| {METHOD_TITLES.get(name, name)} | {_fmt(b.get('mean_image_auroc'))} | "
+                f"{_fmt(b.get('mean_pixel_auroc'))} | {_fmt(b.get('mean_aupro'))} | "
+                f"{_fmt(b.get('seconds_per_query'), 2)} |"
+            )
+        lines += [
+            "",
+            "| class | " + " | ".join(METHOD_TITLES.get(n, n) for n in ["full", *baselines]) + " |",
+            "|---|" + "---:|" * (1 + len(baselines)),
+        ]
+        for c in classes:
+            row = [_fmt(c["image_auroc"])]
+            for b in baselines.values():
+                per = {x["name"]: x for x in b.get("classes", [])}
+                row.append(_fmt(per.get(c["name"], {}).get("image_auroc")))
+            lines.append(f"| {c['name']} | " + " | ".join(row) + " |")
+        lines += ["", "(image AUROC per class)", ""]
+    defects = sorted({d for c in classes for d in c.get("per_defect", {})})
+    if defects:
+        lines += [
+            "## Per defect type (full pipeline; image / pixel AUROC / AUPRO)",
+            "",
+            "| class | " + " | ".join(defects) + " |",
+            "|---|" + "---:|" * len(defects),
+        ]
+        for c in classes:
+            cells = []
+            for d in defects:
+                r = c.get("per_defect", {}).get(d)
+                cells.append(
+                    "–"
+                    if r is None
+                    else " / ".join(_fmt(r.get(k)) for k in ("image_auroc", "pixel_auroc", "aupro"))
+                )
+            lines.append(f"| {c['name']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    stages = sorted(
+        {s for c in classes for s in c.get("stage_seconds", {})},
+        key=lambda s: (
+            ["coarse", "hypotheses", "refine", "render", "score"].index(s)
+            if s in ("coarse", "hypotheses", "refine", "render", "score")
+            else 9
+        ),
+    )
+    if stages:
+        lines += [
+            "## Seconds per query and stage (full pipeline)",
+            "",
+            "| class | " + " | ".join(stages) + " |",
+            "|---|" + "---:|" * len(stages),
+        ]
+        for c in classes:
+            lines.append(
+                f"| {c['name']} | "
+                + " | ".join(_fmt(c.get("stage_seconds", {}).get(s), 3) for s in stages)
+                + " |"
+            )
+        lines.append("")
+    figures = summary.get("figures", [])
+    if figures:
+        lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
+    return "\n".join(lines)
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _example_rows(run) -> list[dict]:
+    rows = []
+    for i, d in zip(run.example_positions, run.examples, strict=True):
+        verdict = "" if d.decision is None else (" → defective" if d.decision else " → good")
+        rows.append(
+            {
+                "query": d.query,
+                "reference": d.reference,
+                "map": d.map_full,
+                "mask": run.masks[i],
+                "title": f"{run.defects[i]}\nscore {d.score:.3g}{verdict}",
+            }
+        )
+    return rows
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    summary: Mapping,
+    runs: Mapping[str, Mapping[str, object]] | None = None,
+    dpi: int = 110,
+) -> Path:
+    """Write a report folder atomically (build in a temporary sibling, then rename).
+
+    Args:
+        out_dir: The report folder; replaced if it exists. Its parent is created.
+        summary: The benchmark summary: "classes" (per-class metric dicts), "mean_*", "baselines", "meta".
+        runs: Per class, per method, a :class:`splatlab.detect.ClassRun`, for ROC curves and example maps.
+        dpi: Resolution of the PNGs.
+
+    Returns:
+        ``out_dir``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # a no-op where a backend is already active (notebooks)
+    import matplotlib.pyplot as plt
+
+    from splatlab.viz.anomaly_figures import plot_example_grid, plot_roc_curves
+
+    out = Path(out_dir).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        figures = []
+        runs = runs or {}
+        if runs:
+            n = len(runs)
+            cols = min(n, 3)
+            fig, axes = plt.subplots(
+                (n + cols - 1) // cols,
+                cols,
+                figsize=(3.8 * cols, 3.5 * ((n + cols - 1) // cols)),
+                squeeze=False,
+            )
+            for ax, (cname, methods) in zip(axes.ravel(), runs.items(), strict=False):
+                curves = {METHOD_TITLES.get(m, m): (r.scores, r.labels) for m, r in methods.items()}
+                plot_roc_curves(curves, ax=ax, title=cname)
+            for ax in axes.ravel()[n:]:
+                ax.set_axis_off()
+            fig.tight_layout()
+            fig.savefig(tmp / "roc_curves.png", dpi=dpi)
+            plt.close(fig)
+            figures.append("roc_curves.png")
+            for cname, methods in runs.items():
+                run = methods.get("full") or next(iter(methods.values()))
+                rows = _example_rows(run)
+                if rows:
+                    fig = plot_example_grid(rows)
+                    fig.savefig(tmp / f"examples_{cname}.png", dpi=dpi)
+                    plt.close(fig)
+                    figures.append(f"examples_{cname}.png")
+        full = dict(summary, figures=figures)
+        (tmp / "README.md").write_text(markdown_report(full))
+        (tmp / "results.json").write_text(json.dumps(summary, indent=1, default=_json_default))
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote report %s", out)
+    return out
+
+
+def _json_default(x):
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+__all__ = ["METHOD_TITLES", "markdown_report", "write_report"]

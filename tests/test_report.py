@@ -1,0 +1,126 @@
+"""The report folder: written atomically, with the expected files; the figures draw."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from splatlab.detect import ClassRun, Detection
+from splatlab.report import markdown_report, write_report
+from splatlab.viz.anomaly_figures import plot_example_grid, plot_overlay, plot_roc_curves, plot_terms
+
+
+def _run(name: str, method: str, seed: int) -> ClassRun:
+    rng = np.random.default_rng(seed)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    masks = np.zeros((6, 16, 16), bool)
+    masks[3:, 4:8, 4:8] = True
+    maps = rng.random((6, 16, 16)) + 2 * masks
+    scores = maps.max(axis=(1, 2))
+    t = np.full(6, 0.1)
+    run = ClassRun(
+        name,
+        method,
+        scores,
+        labels,
+        ["good"] * 3 + ["Burrs", "Stains", "Stains"],
+        maps,
+        masks,
+        {"coarse": t, "refine": t, "render": t, "score": t, "total": 4 * t},
+    )
+    img = torch.rand(16, 16, 3)
+    det = Detection(
+        img,
+        img,
+        torch.eye(4),
+        torch.from_numpy(maps[3]).float(),
+        torch.from_numpy(maps[3]).float(),
+        float(scores[3]),
+        1.5,
+        True,
+        {"total": 0.4},
+    )
+    run.examples, run.example_positions = [det], [3]
+    return run
+
+
+def _summary():
+    row = {
+        "name": "01Cat",
+        "image_auroc": 100.0,
+        "pixel_auroc": 99.0,
+        "aupro": 95.0,
+        "seconds_per_query": 0.4,
+        "per_defect": {"Burrs": {"n": 1, "image_auroc": 100.0, "pixel_auroc": 98.0, "aupro": 90.0}},
+        "stage_seconds": {"coarse": 0.1, "refine": 0.2},
+        "pose_auc": {"10": 80.0},
+        "decision": {"tpr": 1.0, "fpr": 0.0, "accuracy": 1.0},
+    }
+    base = {
+        "mean_image_auroc": 70.0,
+        "mean_pixel_auroc": 90.0,
+        "mean_aupro": 80.0,
+        "seconds_per_query": 1.0,
+        "classes": [{"name": "01Cat", "image_auroc": 70.0}],
+    }
+    return {
+        "classes": [row],
+        "mean_image_auroc": 100.0,
+        "mean_pixel_auroc": 99.0,
+        "mean_aupro": 95.0,
+        "baselines": {"memory_bank": base},
+        "meta": {"size": 128},
+    }
+
+
+def test_write_report_is_atomic_and_complete(tmp_path):
+    runs = {"01Cat": {"full": _run("01Cat", "full", 0), "memory_bank": _run("01Cat", "memory_bank", 1)}}
+    out = write_report(tmp_path / "rep", _summary(), runs)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "examples_01Cat.png",
+        "results.json",
+        "roc_curves.png",
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # no temporary folder left behind
+    text = (out / "README.md").read_text()
+    assert "| 01Cat | 100.0 | 99.0 | 95.0 | 80.0 | 0.40 | 100 / 0 |" in text
+    assert "memory bank" in text and "![roc_curves.png](roc_curves.png)" in text
+    assert json.loads((out / "results.json").read_text())["mean_aupro"] == 95.0
+    for png in ("roc_curves.png", "examples_01Cat.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Writing again replaces the folder as a whole.
+    write_report(tmp_path / "rep", dict(_summary(), mean_aupro=1.0))
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["README.md", "results.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["rep"]
+
+
+def test_markdown_handles_missing_pixel_metrics():
+    s = _summary()
+    s["classes"][0]["pixel_auroc"] = float("nan")
+    assert "| 01Cat | 100.0 | – |" in markdown_report(s)
+
+
+def test_figures_draw():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img, m = torch.rand(16, 16, 3), torch.rand(8, 8)
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[4:8, 4:8] = True
+    figs = [
+        plot_overlay(img, m, mask, title="x"),
+        plot_terms({"rgb": m, "stage1": m * 2}, query=img, reference=img, blur_sigma=1.0),
+        plot_roc_curves({"a": ([0.1, 0.2, 0.9], [0, 0, 1]), "b": ([0.5, 0.2, 0.1], [0, 0, 1])}),
+        plot_example_grid(
+            [{"query": img, "reference": img, "map": m, "mask": mask, "title": "Burrs"}] * 2, vmax=1
+        ),
+    ]
+    assert len(figs[1].axes) == 4 and len(figs[3].axes) == 8
+    assert "a (100.0)" in [t.get_text() for t in figs[2].axes[0].get_legend().get_texts()]
+    for f in figs:
+        plt.close(f)
