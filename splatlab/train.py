@@ -503,6 +503,7 @@ def _atomic_write(path: Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; run folders are meant to be shared and read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -522,9 +523,15 @@ def _save_checkpoint(out, step, config, splats, optimizers, state, sampler, hist
         "strategy_state": {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.items()},
         "sampler": sampler.state_dict(),
         "torch_rng": torch.get_rng_state(),
+        "device_rng": _device_rng(splats["means"].device),
         "history": history.to_dict(),
     }
     _atomic_write(out / "checkpoint.pt", lambda f: torch.save(ckpt, f))
+
+
+def _device_rng(device: torch.device) -> Tensor | None:
+    """The accelerator RNG state (gsplat's split samples there on a GPU); None on the CPU."""
+    return None if device.type == "cpu" else getattr(torch, device.type).get_rng_state(device)
 
 
 def _load_checkpoint(out: Path, config: TrainConfig) -> dict | None:
@@ -546,6 +553,8 @@ def _restore(ckpt, splats, optimizers, sampler, device):
     state = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in ckpt["strategy_state"].items()}
     sampler.load_state_dict(ckpt["sampler"])
     torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("device_rng") is not None and device.type != "cpu":
+        getattr(torch, device.type).set_rng_state(ckpt["device_rng"], device)
     return int(ckpt["step"]), TrainHistory.from_dict(ckpt["history"]), state
 
 
