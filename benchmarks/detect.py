@@ -93,7 +93,9 @@ def run_benchmark(args) -> tuple[dict, dict]:
         )
         t0 = time.perf_counter()
         if args.calibration != "none" and model.calibration is None:
-            model.calibrate(mc.train, CalibrationConfig(source=args.calibration))
+            model.calibrate(
+                mc.train, CalibrationConfig(source=args.calibration, holdout_every=args.calib_every)
+            )
         t_cal = time.perf_counter() - t0
         idx = select_queries([s.defect for s in mc.test], args.max_queries, seed=args.seed)
         try:
@@ -128,6 +130,7 @@ def run_benchmark(args) -> tuple[dict, dict]:
             per_method["memory_bank"].append(m)
         full = per_method["full"][-1]
         full["train_seconds"], full["calibration_seconds"] = t_train, t_cal
+        logging.info("partial %s", json.dumps({k: _summary_row(v[-1]) for k, v in per_method.items() if v}))
         logging.info(
             "%s: image %.1f pixel %.1f aupro %.1f (%.1f s/query)",
             name,
@@ -191,6 +194,12 @@ def main(argv=None) -> int:
         default="pose",
         choices=("pose", "gt_pose", "none"),
         help="threshold from held-out good views through the pose pipeline, at their known pose, or none",
+    )
+    p.add_argument(
+        "--calib-every",
+        type=int,
+        default=8,
+        help="calibrate on every n-th training view (8 = training's eval split)",
     )
     p.add_argument("--no-baselines", action="store_true", help="run the full pipeline only")
     p.add_argument("--seed", type=int, default=0, help="seed of the query selection")
