@@ -392,3 +392,58 @@ def test_bad_device_raises_value_error():
             8,
             8,
         )
+
+
+@pytest.mark.parametrize("tile_size", [8, 32])
+def test_other_tile_sizes(tile_size):
+    """Tiles of 8 (half a vector row) and 32 (two row segments) give the reference's image."""
+    s = _scene(n=60, seed=8)
+    q = torch.nn.functional.normalize(s["quats"], dim=-1).float()
+    radii, means2d, depths, conics = project_cpu(
+        s["means"].float(),
+        q,
+        s["scales"].float(),
+        s["opacities"].float(),
+        s["viewmats"].float(),
+        s["Ks"].float(),
+        W,
+        H,
+    )
+    C, n = depths.shape
+    colors = torch.rand(C, n, 3)
+    opac = s["opacities"].float()[None].expand(C, -1).contiguous()
+    img, alpha = rasterize_cpu(means2d, conics, colors, opac, radii, depths, W, H, tile_size=tile_size)
+    ref, ref_alpha = rasterize_torch(means2d, conics, colors, opac, radii, depths, W, H, tile_size=tile_size)
+    _close(img, ref, 0, 1e-5, "colors")
+    _close(alpha, ref_alpha, 0, 1e-5, "alphas")
+
+
+def test_alpha_clamp_and_early_stop():
+    """Near-opaque Gaussians: alpha clamps at 0.999 (no gradient through the clamp), pixels stop early."""
+    s = _scene(n=80, seed=9)
+    s["opacities"][::2] = 0.9995  # o * exp(-sigma) > 0.999 near their centres
+    s["scales"] = s["scales"] * 2.0  # overlapping: transmittance reaches 1e-4 on many pixels
+    colors = torch.rand(80, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    img, alpha, meta, grads = _render_grads("cpu", s, colors, None, None, "RGB", torch.float32)
+    ref_img, ref_alpha, _, ref_grads = _render_grads("torch", s, colors, None, None, "RGB", torch.float64)
+    assert (ref_alpha > 0.995).any(), "the scene must saturate some pixels"
+    _close(img, ref_img, 0, 1e-4, "colors")
+    _close(alpha, ref_alpha, 0, 1e-4, "alphas")
+    for k, ref in ref_grads.items():  # T is recovered by division by 1 - alpha: looser in float32
+        _close(grads[k], ref, 2e-3, 1e-6, k)
+
+
+def test_early_stop_is_exclusive():
+    """Three opaque Gaussians on one spot: the second would take T below 1e-4, so only the first counts."""
+    means2d = torch.tensor([[[7.5, 7.5]] * 3], requires_grad=True)  # on the centre of pixel (7, 7)
+    conics = torch.tensor([[[0.5, 0.0, 0.5]] * 3])
+    colors = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]], requires_grad=True)
+    opac = torch.ones(1, 3)
+    radii = torch.full((1, 3, 2), 6, dtype=torch.int32)
+    depths = torch.tensor([[1.0, 2.0, 3.0]])
+    img, alpha = rasterize_cpu(means2d, conics, colors, opac, radii, depths, 16, 16)
+    ref, ref_alpha = rasterize_torch(means2d, conics, colors, opac, radii, depths, 16, 16)
+    _close(img, ref, 0, 1e-6, "colors")
+    assert img[0, 7, 7, 1] == 0 and img[0, 7, 7, 2] == 0 and abs(alpha[0, 7, 7, 0].item() - 0.999) < 1e-3
+    img[0, 7, 7].sum().backward()
+    assert colors.grad[0, 1:].abs().sum() == 0 and colors.grad[0, 0].abs().sum() > 0
