@@ -447,3 +447,25 @@ def test_early_stop_is_exclusive():
     assert img[0, 7, 7, 1] == 0 and img[0, 7, 7, 2] == 0 and abs(alpha[0, 7, 7, 0].item() - 0.999) < 1e-3
     img[0, 7, 7].sum().backward()
     assert colors.grad[0, 1:].abs().sum() == 0 and colors.grad[0, 0].abs().sum() > 0
+
+
+def test_non_finite_kernel_inputs_do_not_crash():
+    """NaN/Inf that bypass the dispatcher's checks reach the kernel: no crash, the bad Gaussian is ignored."""
+    means2d = torch.tensor([[[float("nan"), 4.0], [float("inf"), 3.0], [8.0, 8.0], [1e30, -1e30]]])
+    conics = torch.tensor([[[0.5, 0.0, 0.5]] * 4])
+    colors = torch.ones(1, 4, 2)
+    opac = torch.full((1, 4), 0.5)
+    radii = torch.full((1, 4, 2), 5, dtype=torch.int32)
+    img, alpha = rasterize_cpu(means2d, conics, colors, opac, radii, torch.ones(1, 4), 16, 16)
+    assert torch.isfinite(img).all() and alpha.max() > 0.4
+    r, m2, d, c = project_cpu(
+        torch.tensor([[0.0, 0.0, float("nan")]]),
+        torch.tensor([[1.0, 0, 0, 0]]),
+        torch.ones(1, 3),
+        torch.ones(1),
+        torch.eye(4)[None],
+        torch.tensor([[[10.0, 0, 8], [0, 10.0, 8], [0, 0, 1]]]),
+        16,
+        16,
+    )
+    assert (r == 0).all()

@@ -522,6 +522,9 @@ def _tile_rect(mx, my, rx, ry, ts, tw, th):
     tcy = np.float32(my) / tsf
     trx = np.float32(rx) / tsf
     try_ = np.float32(ry) / tsf
+    lim = np.float32(1e9)  # NaN/Inf/huge centres (bad input past the dispatcher) touch no tile
+    if not (abs(tcx) < lim and abs(tcy) < lim and trx < lim and try_ < lim):
+        return 0, 0, 0, 0
     x0 = min(max(0, math.floor(tcx - trx)), tw)
     y0 = min(max(0, math.floor(tcy - try_)), th)
     x1 = min(max(0, math.ceil(tcx + trx)), tw)
