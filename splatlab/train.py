@@ -188,7 +188,7 @@ class TrainHistory:
     n_gaussians: list[int] = field(default_factory=list)  # Gaussians after the step
     seconds: list[float] = field(default_factory=list)  # wall time since the run started (resumes add up)
     timings: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in TIMERS})  # seconds per phase
-    eval_step: list[int] = field(default_factory=list)  # steps at which the held-out views were evaluated
+    eval_step: list[int] = field(default_factory=list)  # steps done when the held-out views were evaluated
     eval_psnr: list[float] = field(default_factory=list)  # held-out PSNR at those steps, dB
     eval_ssim: list[float] = field(default_factory=list)  # held-out SSIM at those steps
 
@@ -447,8 +447,9 @@ def _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_s
             with torch.no_grad():
                 history.psnr.append(float(psnr(img.clamp(0, 1), target)))
             history.n_gaussians.append(n)
-            if config.eval_every > 0 and len(test_idx) and (step + 1) % config.eval_every == 0:
-                _record_eval(history, step, splats, images[test_idx], cameras[test_idx], sh_deg, config)
+            if (config.eval_every > 0 and len(test_idx) and (step + 1) % config.eval_every == 0
+                    and step + 1 < config.iterations):  # the final evaluation follows the loop
+                _record_eval(history, step + 1, splats, images[test_idx], cameras[test_idx], sh_deg, config)
             history.seconds.append(time.perf_counter() - t_run)
             bar.update(1)
             if step % config.log_every == 0 or step == end - 1:
