@@ -81,7 +81,8 @@ def main() -> None:
     for d in dirs:
         row = run_class(d, config, args.size)
         rows.append(row)
-        print(f"{row['name']:<12} PSNR {row['psnr']:6.2f} dB  SSIM {row['ssim']:.4f}  {row['seconds']:6.1f} s "
+        print(f"{row['name']:<12} PSNR {row['psnr']:6.2f} dB  SSIM {row['ssim']:.4f}  "
+              f"{row['seconds']:6.1f} s "
               f"(cpu {row['cpu_seconds']:6.1f} s)  {row['n_gaussians']:6d} Gaussians  {row['time_split']}",
               flush=True)
     result = {

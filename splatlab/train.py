@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -61,8 +60,8 @@ TIMERS = ("render", "loss", "backward", "optimizer", "densify", "eval")
 class TrainConfig:
     """Everything that decides a training run. Defaults are SplatPose's full GPU run (preset ``gpu``)."""
 
-    preset: str = "gpu"  # name of the preset these values came from (recorded in metrics.json)
-    resolution: int | None = None  # longer image side to train at (views are area-downsampled); None = as given
+    name: str = "gpu"  # name of the preset these values came from (metrics.json's "preset")
+    resolution: int | None = None  # longer image side to train at (views area-downsampled); None = as given
     iterations: int = 30_000  # optimisation steps
     batch_size: int = 1  # training views rendered per step (the loss is their mean)
     seed: int = 0  # seeds initial points, view order and gsplat's split sampling
@@ -70,7 +69,7 @@ class TrainConfig:
     eval_every_nth: int = 8  # views with index % this == 0 are held out (3DGS / Mip-NeRF 360 convention)
     eval_every: int = 0  # also evaluate the held-out views every this many steps (0 = only at the end)
     init_points: int = 100_000  # random initial Gaussians
-    init_extent: float | None = 1.3  # half-side of the initial cube around the origin; None = from the cameras
+    init_extent: float | None = 1.3  # half-side of the initial cube at the origin; None = from the cameras
     init_opacity: float = 0.1  # initial opacity of every Gaussian
     init_scale: float = 1.0  # initial size = this x RMS distance to the 3 nearest neighbours
     scene_scale: float | None = None  # scene extent; None = 1.1 x largest camera distance from their mean
@@ -91,10 +90,10 @@ class TrainConfig:
     grow_grad2d: float = 2e-4  # DefaultStrategy.grow_grad2d: mean screen-gradient that triggers growth
     grow_scale3d: float = 0.01  # DefaultStrategy.grow_scale3d: duplicate below, split above (x scene_scale)
     prune_opa: float = 0.005  # DefaultStrategy.prune_opa: prune Gaussians less opaque than this
-    prune_scale3d: float = 0.1  # DefaultStrategy.prune_scale3d: prune larger ones (x scene_scale) after a reset
+    prune_scale3d: float = 0.1  # DefaultStrategy.prune_scale3d: prune larger (x scene_scale) late in the run
     torch_threads: int | None = 1  # torch intra-op threads while training on CPU (None = unchanged); the
     #   Numba kernels do the heavy work, and torch's OpenMP pool only adds contention on small images
-    backend: str = "auto"  # render backend: "auto" (gsplat on GPU, Numba kernel on CPU), "cpu", "torch", "gsplat"
+    backend: str = "auto"  # "auto" (gsplat on GPU, Numba kernel on CPU), "cpu", "torch" or "gsplat"
     checkpoint_every: int = 1_000  # write checkpoint.pt every this many steps (0 = only at the end)
     log_every: int = 10  # refresh the progress bar every this many steps
 
@@ -117,7 +116,7 @@ class TrainConfig:
         need(self.backend in ("auto", "cpu", "torch", "gsplat"), f"unknown backend {self.backend!r}")
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> TrainConfig:
+    def preset(cls, name: str, /, **overrides: Any) -> TrainConfig:
         """A named preset, optionally with fields replaced.
 
         - ``gpu``: SplatPose's run: full resolution, 30k steps, 100k initial points.
@@ -130,13 +129,13 @@ class TrainConfig:
             base = cls()
         elif name == "cpu":
             base = cls(
-                preset="cpu", resolution=128, iterations=1_500, batch_size=1, init_points=5_000,
+                name="cpu", resolution=128, iterations=1_500, batch_size=1, init_points=5_000,
                 init_extent=None, init_scale=0.5, sh_degree_interval=500, refine_start=100, refine_stop=1_200,
                 refine_every=100, reset_every=0, checkpoint_every=500,
             )
         elif name == "fast":
             base = cls(
-                preset="fast", resolution=128, iterations=400, batch_size=1, init_points=3_000,
+                name="fast", resolution=128, iterations=400, batch_size=1, init_points=3_000,
                 init_extent=None, init_scale=0.5, sh_degree_interval=100, refine_start=50, refine_stop=350,
                 refine_every=50, grow_grad2d=1e-4, reset_every=0, checkpoint_every=200,
             )
@@ -264,7 +263,7 @@ def scene_extent(cameras: Cameras) -> float:
 
 
 def object_extent(cameras: Cameras) -> float:
-    """Half-side of a cube at the origin that every camera sees whole: min over cameras of depth x tan(fov/2)."""
+    """Half-side of a cube at the origin that every camera sees whole: min of depth x tan(fov / 2)."""
     depth = cameras.centers.norm(dim=-1)  # the object is centred at the origin
     half = 0.5 * min(cameras.width, cameras.height)
     focal = torch.maximum(cameras.Ks[:, 0, 0], cameras.Ks[:, 1, 1])
@@ -339,9 +338,10 @@ def evaluate(splats, images: Tensor, cameras: Cameras, *, sh_degree: int | None 
     psnrs, ssims = [], []
     for i in range(0, len(images), batch):
         idx = torch.arange(i, min(i + batch, len(images)))
-        out, _, _ = render_splats(splats, cameras[idx], sh_degree=sh_degree, background=white, backend=backend)
+        out, _, _ = render_splats(splats, cameras[idx], sh_degree=sh_degree, background=white,
+                                  backend=backend)
         out = out.clamp(0, 1)
-        psnrs += [float(psnr(o, t)) for o, t in zip(out, images[idx])]
+        psnrs += [float(psnr(o, t)) for o, t in zip(out, images[idx], strict=True)]
         ssims += ssim(out, images[idx], reduce=False).tolist()
     return {"psnr": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims), "n_views": len(psnrs)}
 
@@ -384,7 +384,8 @@ def train(
         torch.set_num_threads(threads)
 
 
-def _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_scale, device, progress, stop_at):
+def _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_scale, device, progress,
+                stop_at):
     from tqdm.auto import tqdm
 
     train_images, train_cams = images[train_idx], cameras[train_idx]
@@ -438,7 +439,7 @@ def _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_s
 
                 reset_opa(splats, optimizers, state, value=2.0 * config.prune_opa)
             t5 = time.perf_counter()
-            for k, dt in zip(TIMERS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            for k, dt in zip(TIMERS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=False):
                 timers[k] += dt
 
             n = len(splats["means"])
@@ -563,7 +564,7 @@ def _write_outputs(out: Path, config: TrainConfig, splats, history: TrainHistory
     save_ply(splats, out / "splats.ply")
     _write_json(out / "config.json", config.to_dict())
     metrics = {
-        "preset": config.preset,
+        "preset": config.name,
         "psnr": history.eval_psnr[-1] if n_test else None,
         "ssim": history.eval_ssim[-1] if n_test else None,
         "n_eval_views": n_test,
@@ -614,7 +615,7 @@ def ensure_trained(
     Args:
         class_dir: A MAD-layout class folder, e.g. ``data/lego-mad/01Cat``.
         run_root: Parent of the run folders; :func:`default_run_root` when None.
-        preset: Training preset; that of :func:`default_config` (``fast`` under ``SPLATLAB_FAST=1``) when None.
+        preset: Training preset; :func:`default_config`'s (``fast`` under ``SPLATLAB_FAST=1``) when None.
         size: Longer image side to load the views at (None = full resolution); also the training resolution.
         device: Device to train on.
         progress: Show a progress bar.
@@ -633,16 +634,17 @@ def ensure_trained(
     tag = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
     root = Path(run_root) if run_root is not None else default_run_root()
     root.mkdir(parents=True, exist_ok=True)
-    run = root / f"{class_dir.name}-{config.preset}-{size or 'full'}px{tag}"
+    run = root / f"{class_dir.name}-{config.name}-{size or 'full'}px{tag}"
     if (run / "splats.ply").is_file():
         return run
-    log.info("training %s with preset %s into %s", class_dir.name, config.preset, run)
+    log.info("training %s with preset %s into %s", class_dir.name, config.name, run)
     train(load_train(class_dir, size), config, out_dir=run, resume=True, device=device, progress=progress)
     return run
 
 
 def train_cli(
-    data: tyro.conf.Positional[Path], out: Path, preset: str = "cpu", resume: bool = False, iterations: int | None = None,
+    data: tyro.conf.Positional[Path], out: Path, preset: str = "cpu", resume: bool = False,
+    iterations: int | None = None,
     seed: int = 0, size: int | None = None, eval: bool = True, device: str | None = None,
 ) -> int:
     """Train splats of one class folder and write a run folder.

@@ -32,7 +32,7 @@ def views():
 
 def tiny(**overrides) -> TrainConfig:
     base = dict(
-        preset="test", resolution=None, iterations=40, batch_size=2, init_points=300, init_extent=0.8,
+        name="test", resolution=None, iterations=40, batch_size=2, init_points=300, init_extent=0.8,
         refine_start=10, refine_stop=30, refine_every=10, reset_every=0, checkpoint_every=10, log_every=1,
     )
     base.update(overrides)
@@ -54,14 +54,16 @@ def test_densification_grows_and_prunes_on_schedule(views):
     cfg = tiny(grow_grad2d=1e-12, prune_opa=1e-6, iterations=12, refine_start=9, refine_every=10)
     splats, h = train(views, cfg, progress=False)
     n = h.n_gaussians
-    assert n[0] == n[9] == 300 and n[10] > 300  # refines only at step 10 (> refine_start, % refine_every == 0)
+    assert n[0] == n[9] == 300 and n[10] > 300  # refines only at step 10 (> start, % every == 0)
     assert n[10] == n[11] == len(splats["means"])
     assert all(splats[k].shape[0] == n[-1] for k in splats)
     # grow nothing, prune all below opacity 0.2: the initial 0.1 has not moved that far in 10 steps
-    splats, h = train(views, tiny(prune_opa=0.2, grow_grad2d=1.0, iterations=12, refine_start=9), progress=False)
+    cfg = tiny(prune_opa=0.2, grow_grad2d=1.0, iterations=12, refine_start=9)
+    splats, h = train(views, cfg, progress=False)
     assert h.n_gaussians[9] == 300 and h.n_gaussians[10] < 300
     # refine_stop ends densification
-    _, h = train(views, tiny(grow_grad2d=1e-12, iterations=25, refine_start=5, refine_stop=12), progress=False)
+    cfg = tiny(grow_grad2d=1e-12, iterations=25, refine_start=5, refine_stop=12)
+    _, h = train(views, cfg, progress=False)
     assert len(set(h.n_gaussians[11:])) == 1
 
 
@@ -141,13 +143,14 @@ def test_bad_inputs(views, tmp_path):
 
 def test_presets_and_default_config(monkeypatch):
     gpu, cpu, fast = (TrainConfig.preset(p) for p in ("gpu", "cpu", "fast"))
-    assert gpu == TrainConfig() and gpu.iterations == 30_000 and gpu.init_points == 100_000
+    assert gpu == TrainConfig() and gpu.name == "gpu"
+    assert gpu.iterations == 30_000 and gpu.init_points == 100_000
     assert gpu.sh_degree == 0 and cpu.resolution == 128
     assert fast.iterations < cpu.iterations < gpu.iterations
     monkeypatch.setenv("SPLATLAB_FAST", "1")
-    assert default_config().preset == "fast"
+    assert default_config().name == "fast"
     monkeypatch.delenv("SPLATLAB_FAST")
-    assert default_config().preset == "cpu"
+    assert default_config().name == "cpu"
     stretched = cpu.with_iterations(cpu.iterations * 2)
     assert stretched.refine_stop == 2 * cpu.refine_stop
     train_idx, test_idx = split_views(17, cpu)
@@ -180,7 +183,7 @@ def test_ensure_trained_caches_and_cli_trains(views, tmp_path):
     from splatlab.train import ensure_trained
 
     class_dir = write_mad_class(views, tmp_path)
-    run = ensure_trained(class_dir, tmp_path / "runs", preset="fast", size=None, progress=False, iterations=15)
+    run = ensure_trained(class_dir, tmp_path / "runs", "fast", size=None, progress=False, iterations=15)
     assert run.parent == tmp_path / "runs" and run.name.startswith("01Blob-fast-")
     stamp = (run / "splats.ply").stat().st_mtime_ns
     assert ensure_trained(class_dir, tmp_path / "runs", preset="fast", size=None, iterations=15) == run
@@ -191,4 +194,4 @@ def test_ensure_trained_caches_and_cli_trains(views, tmp_path):
     out = tmp_path / "cli-run"
     assert main(["train", str(class_dir), "--out", str(out), "--preset", "fast", "--iterations", "12"]) == 0
     _, cfg, metrics = load_run(out)
-    assert cfg.iterations == 12 and cfg.preset == "fast" and metrics["psnr"] > 10
+    assert cfg.iterations == 12 and cfg.name == "fast" and metrics["psnr"] > 10
