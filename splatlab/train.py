@@ -162,6 +162,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        d = dict(d)
+        if "preset" in d and "name" not in d:  # run folders written before the field was renamed
+            d["name"] = d.pop("preset")
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"TrainConfig: unknown fields {unknown}")
@@ -536,14 +539,26 @@ def _device_rng(device: torch.device) -> Tensor | None:
     return None if device.type == "cpu" else getattr(torch, device.type).get_rng_state(device)
 
 
+def _config_diff(saved: dict | Path, config: TrainConfig) -> list[str]:
+    """Fields that change the result and differ between a saved config (dict or JSON file) and ``config``."""
+    if isinstance(saved, Path):
+        if not saved.is_file():
+            return ["config.json missing"]
+        saved = json.loads(saved.read_text())
+    try:
+        saved = TrainConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError) as exc:
+        return [f"unreadable config ({exc})"]
+    now = config.to_dict()
+    return sorted(k for k in now if k not in ("checkpoint_every", "log_every") and saved[k] != now[k])
+
+
 def _load_checkpoint(out: Path, config: TrainConfig) -> dict | None:
     path = out / "checkpoint.pt"
     if not path.is_file():
         return None
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    saved = dict(ckpt["config"])
-    now = config.to_dict()
-    diff = sorted(k for k in now if k not in ("checkpoint_every", "log_every") and saved.get(k) != now[k])
+    diff = _config_diff(ckpt["config"], config)
     if diff:
         raise ValueError(f"cannot resume {path}: its config differs in {diff}; use another out_dir")
     return ckpt
@@ -635,10 +650,15 @@ def ensure_trained(
     root = Path(run_root) if run_root is not None else default_run_root()
     root.mkdir(parents=True, exist_ok=True)
     run = root / f"{class_dir.name}-{config.name}-{size or 'full'}px{tag}"
+    resume = True
     if (run / "splats.ply").is_file():
-        return run
+        diff = _config_diff(run / "config.json", config)
+        if not diff:
+            return run
+        log.warning("%s was trained with other settings (%s); training it again", run, ", ".join(diff))
+        resume = False
     log.info("training %s with preset %s into %s", class_dir.name, config.name, run)
-    train(load_train(class_dir, size), config, out_dir=run, resume=True, device=device, progress=progress)
+    train(load_train(class_dir, size), config, out_dir=run, resume=resume, device=device, progress=progress)
     return run
 
 

@@ -188,6 +188,10 @@ def test_ensure_trained_caches_and_cli_trains(views, tmp_path):
     stamp = (run / "splats.ply").stat().st_mtime_ns
     assert ensure_trained(class_dir, tmp_path / "runs", preset="fast", size=None, iterations=15) == run
     assert (run / "splats.ply").stat().st_mtime_ns == stamp  # cached: not trained again
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "seed": 7}))  # a run of other settings is redone
+    again = ensure_trained(class_dir, tmp_path / "runs", "fast", size=None, progress=False, iterations=15)
+    assert again == run and load_run(run)[1].seed == 0 and (run / "splats.ply").stat().st_mtime_ns != stamp
     with pytest.raises(FileNotFoundError, match="class_dir"):
         ensure_trained(tmp_path / "nope", tmp_path / "runs")
 
