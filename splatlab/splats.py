@@ -199,6 +199,7 @@ def save_ply(splats, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             PlyData([PlyElement.describe(vertex, "vertex")]).write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; a model file is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
