@@ -14,10 +14,11 @@ backward is included). Medians over repetitions after warm-up (``fwd_ms``, ``fwd
 reported too (``*_min_ms``), being less sensitive to other processes. On a shared 2-core machine other load
 changes the numbers a lot: the JSON records the load average before and after.
 
-Memory (``peak_mb``): for each case a fresh subprocess warms up on a tiny scene, notes its resident set
-size, runs one forward+backward at the case size and reports the growth of its peak resident set size
-(``resource.getrusage(...).ru_maxrss``, which counts torch and Numba allocations alike; tracemalloc would
-miss both). It is the extra memory one fwd+bwd needs on top of the loaded library.
+Memory (``peak_mb``): for each case a fresh subprocess warms up on a small scene, notes its resident set
+size (VmRSS), resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs one forward+backward at
+the case size and reports peak minus start (VmHWM - VmRSS). Resident memory counts torch's and Numba's
+allocations alike; tracemalloc would miss both, and ``ru_maxrss`` is inherited from the parent across exec.
+It is the extra memory one fwd+bwd needs on top of the loaded library and the scene's parameters.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -175,9 +175,13 @@ def time_case(backend: str, n: int, res: int, reps: int, warmup: int):
     return out
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS: now, VmHWM: peak), in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0  # kB
+    raise RuntimeError(f"{key} not in /proc/self/status")
 
 
 def _n_compiled() -> int:
@@ -200,9 +204,11 @@ def mem_child(backend: str, n: int, res: int) -> None:
     scene = make_scene(n, res)
     target = torch.full((1, res, res, 3), 0.5)
     compiled = _n_compiled()
-    base = _rss_mb()
+    base = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS (Linux >= 4.0)
+        f.write("5")
     _step(fn, scene, target, bg, True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    peak = _status_mb("VmHWM")
     if _n_compiled() != compiled:  # a compilation inside the measured step would count LLVM's memory
         raise RuntimeError("kernels were compiled during the measured step")
     print(json.dumps({"peak_mb": round(max(0.0, peak - base), 1)}))
@@ -260,7 +266,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "peak_mb_method": "ru_maxrss growth of a fresh subprocess over one fwd+bwd (after warm-up)",
+        "peak_mb_method": "VmHWM - VmRSS of a fresh subprocess over one fwd+bwd (warm, clear_refs reset)",
     }
     if args.json:
         print(json.dumps(result))
