@@ -469,3 +469,19 @@ def test_non_finite_kernel_inputs_do_not_crash():
         16,
     )
     assert (r == 0).all()
+
+
+def test_parallel_and_serial_paths_agree(monkeypatch):
+    """Small inputs project and bin on one thread, large ones in parallel: both give the same result."""
+    from splatlab.render import cpu
+
+    s = _scene(n=200, seed=12)
+    colors = torch.rand(200, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    outs = []
+    for limit in (10**9, 0):  # all serial, then all parallel
+        monkeypatch.setattr(cpu, "_SERIAL_BELOW", limit)
+        outs.append(_render_grads("cpu", s, colors, None, None, "RGB", torch.float32))
+    (img_s, alpha_s, _, g_s), (img_p, alpha_p, _, g_p) = outs
+    assert torch.equal(img_s, img_p) and torch.equal(alpha_s, alpha_p)
+    for k in g_s:
+        _close(g_p[k], g_s[k], 1e-6, 1e-9, k)

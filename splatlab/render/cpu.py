@@ -57,7 +57,11 @@ _ALPHA_MAX = np.float32(0.999)
 _T_MIN = np.float32(1e-4)
 _EXTENT = 3.33
 _ROW_SKIP_MARGIN = 1e-3
-_LANES = 16  # pixels per vectorised row segment  # log-space safety margin of the row-skip test
+_LANES = 16  # pixels per vectorised row segment
+# Below this many Gaussian-camera pairs the projection (and below 4x as many tile entries, the binning) runs
+# on one thread: waking a second thread costs ~0.05 ms on an idle machine but up to a scheduler time slice on
+# a busy one, more than the ~0.1 ms of work.
+_SERIAL_BELOW = 8192  # log-space safety margin of the row-skip test
 
 # exp(-s) = 2^-n * exp(n ln2 - s)
 _EXP_SMAX = np.float32(80.0)
@@ -201,13 +205,30 @@ def _jacobian(x, y, z, fx, fy, cx, cy, W, H):
 # --------------------------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
-def _project_fwd(
-    means, quats, scales, opac, has_opac, viewmats, Ks, W, H, eps2d, near, far, radii, means2d, depths, conics
+@njit(cache=True)
+def _project_fwd_range(
+    i0,
+    i1,
+    means,
+    quats,
+    scales,
+    opac,
+    has_opac,
+    viewmats,
+    Ks,
+    W,
+    H,
+    eps2d,
+    near,
+    far,
+    radii,
+    means2d,
+    depths,
+    conics,
 ):
-    N = means.shape[0]
+    """Project Gaussians i0..i1-1 on every camera (serial; see :func:`_project_fwd`)."""
     C = viewmats.shape[0]
-    for i in prange(N):
+    for i in range(i0, i1):
         Rq, M, cov = _covar_world(quats, scales, i)
         mx, my, mz = np.float64(means[i, 0]), np.float64(means[i, 1]), np.float64(means[i, 2])
         extend = _EXTENT
@@ -274,6 +295,282 @@ def _project_fwd(
 
 
 @njit(parallel=True, cache=True)
+def _project_fwd(
+    nchunks,
+    means,
+    quats,
+    scales,
+    opac,
+    has_opac,
+    viewmats,
+    Ks,
+    W,
+    H,
+    eps2d,
+    near,
+    far,
+    radii,
+    means2d,
+    depths,
+    conics,
+):
+    N = means.shape[0]
+    chunk = (N + nchunks - 1) // nchunks
+    for k in prange(nchunks):
+        _project_fwd_range(
+            k * chunk,
+            min(N, (k + 1) * chunk),
+            means,
+            quats,
+            scales,
+            opac,
+            has_opac,
+            viewmats,
+            Ks,
+            W,
+            H,
+            eps2d,
+            near,
+            far,
+            radii,
+            means2d,
+            depths,
+            conics,
+        )
+
+
+@njit(cache=True)
+def _project_bwd_range(
+    k,
+    i0,
+    i1,
+    means,
+    quats,
+    scales,
+    viewmats,
+    Ks,
+    W,
+    H,
+    radii,
+    conics,
+    v_means2d,
+    v_depths,
+    v_conics,
+    v_means,
+    v_quats,
+    v_scales,
+    v_view_parts,
+):
+    """Gradients of Gaussians i0..i1-1 (serial); the viewmat part goes to ``v_view_parts[k]``."""
+    C = viewmats.shape[0]
+    for i in range(i0, i1):
+        Rq, M, cov = _covar_world(quats, scales, i)
+        mx, my, mz = np.float64(means[i, 0]), np.float64(means[i, 1]), np.float64(means[i, 2])
+        gmx = 0.0
+        gmy = 0.0
+        gmz = 0.0
+        vcov = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        any_cam = False
+        for c in range(C):
+            if radii[c, i, 0] <= 0 or radii[c, i, 1] <= 0:
+                continue
+            any_cam = True
+            R, t = _view(viewmats, c)
+            x = R[0] * mx + R[1] * my + R[2] * mz + t[0]
+            y = R[3] * mx + R[4] * my + R[5] * mz + t[1]
+            z = R[6] * mx + R[7] * my + R[8] * mz + t[2]
+            fx, fy = np.float64(Ks[c, 0, 0]), np.float64(Ks[c, 1, 1])
+            cx, cy = np.float64(Ks[c, 0, 2]), np.float64(Ks[c, 1, 2])
+            # d conic -> d cov2d: V = -P G P, G symmetric with the off-diagonal split in halves
+            pa, pb, pc = (
+                np.float64(conics[c, i, 0]),
+                np.float64(conics[c, i, 1]),
+                np.float64(conics[c, i, 2]),
+            )
+            ga, gb, gc = (
+                np.float64(v_conics[c, i, 0]),
+                0.5 * np.float64(v_conics[c, i, 1]),
+                np.float64(v_conics[c, i, 2]),
+            )
+            # G P
+            q00 = ga * pa + gb * pb
+            q01 = ga * pb + gb * pc
+            q10 = gb * pa + gc * pb
+            q11 = gb * pb + gc * pc
+            v00 = -(pa * q00 + pb * q10)
+            v01 = -(pa * q01 + pb * q11)
+            v10 = -(pb * q00 + pc * q10)
+            v11 = -(pb * q01 + pc * q11)
+            covc = _mm(_mm(R, cov), _tr(R))
+            tx, ty, lxp, lxn, lyp, lyn = _jacobian(x, y, z, fx, fy, cx, cy, W, H)
+            rz = 1.0 / z
+            rz2 = rz * rz
+            rz3 = rz2 * rz
+            J = (fx * rz, 0.0, -fx * tx * rz2, 0.0, fy * rz, -fy * ty * rz2)
+            # v_covc = J^T V J   (3x3)
+            # JtV (3x2)
+            t00 = J[0] * v00 + J[3] * v10
+            t01 = J[0] * v01 + J[3] * v11
+            t10 = J[1] * v00 + J[4] * v10
+            t11 = J[1] * v01 + J[4] * v11
+            t20 = J[2] * v00 + J[5] * v10
+            t21 = J[2] * v01 + J[5] * v11
+            vcc = (
+                t00 * J[0] + t01 * J[3],
+                t00 * J[1] + t01 * J[4],
+                t00 * J[2] + t01 * J[5],
+                t10 * J[0] + t11 * J[3],
+                t10 * J[1] + t11 * J[4],
+                t10 * J[2] + t11 * J[5],
+                t20 * J[0] + t21 * J[3],
+                t20 * J[1] + t21 * J[4],
+                t20 * J[2] + t21 * J[5],
+            )
+            # v_J = V J covc^T + V^T J covc   (2x3)
+            JC = (
+                J[0] * covc[0] + J[1] * covc[3] + J[2] * covc[6],
+                J[0] * covc[1] + J[1] * covc[4] + J[2] * covc[7],
+                J[0] * covc[2] + J[1] * covc[5] + J[2] * covc[8],
+                J[3] * covc[0] + J[4] * covc[3] + J[5] * covc[6],
+                J[3] * covc[1] + J[4] * covc[4] + J[5] * covc[7],
+                J[3] * covc[2] + J[4] * covc[5] + J[5] * covc[8],
+            )  # J covc (covc symmetric)
+            s00, s01, s10, s11 = v00 + v00, v01 + v10, v10 + v01, v11 + v11
+            vJ00 = s00 * JC[0] + s01 * JC[3]
+            vJ02 = s00 * JC[2] + s01 * JC[5]
+            vJ11 = s10 * JC[1] + s11 * JC[4]
+            vJ12 = s10 * JC[2] + s11 * JC[5]
+            gu = np.float64(v_means2d[c, i, 0])
+            gv = np.float64(v_means2d[c, i, 1])
+            vx = fx * rz * gu
+            vy = fy * rz * gv
+            vz = -(fx * x * gu + fy * y * gv) * rz2
+            if x * rz <= lxp and x * rz >= -lxn:
+                vx += -fx * rz2 * vJ02
+            else:
+                vz += -fx * rz3 * vJ02 * tx
+            if y * rz <= lyp and y * rz >= -lyn:
+                vy += -fy * rz2 * vJ12
+            else:
+                vz += -fy * rz3 * vJ12 * ty
+            vz += -fx * rz2 * vJ00 - fy * rz2 * vJ11 + 2.0 * fx * tx * rz3 * vJ02 + 2.0 * fy * ty * rz3 * vJ12
+            vz += np.float64(v_depths[c, i])
+            # mean_c = R m + t
+            gmx += R[0] * vx + R[3] * vy + R[6] * vz
+            gmy += R[1] * vx + R[4] * vy + R[7] * vz
+            gmz += R[2] * vx + R[5] * vy + R[8] * vz
+            # covc = R cov R^T: v_R = (vcc + vcc^T) R cov ; v_cov = R^T vcc R
+            RC = _mm(R, cov)
+            vs = (
+                vcc[0] + vcc[0],
+                vcc[1] + vcc[3],
+                vcc[2] + vcc[6],
+                vcc[3] + vcc[1],
+                vcc[4] + vcc[4],
+                vcc[5] + vcc[7],
+                vcc[6] + vcc[2],
+                vcc[7] + vcc[5],
+                vcc[8] + vcc[8],
+            )
+            vR = _mm(vs, RC)
+            vc_w = _mm(_mm(_tr(R), vcc), R)
+            vcov = (
+                vcov[0] + vc_w[0],
+                vcov[1] + vc_w[1],
+                vcov[2] + vc_w[2],
+                vcov[3] + vc_w[3],
+                vcov[4] + vc_w[4],
+                vcov[5] + vc_w[5],
+                vcov[6] + vc_w[6],
+                vcov[7] + vc_w[7],
+                vcov[8] + vc_w[8],
+            )
+            p = v_view_parts[k, c]
+            p[0, 0] += vR[0] + vx * mx
+            p[0, 1] += vR[1] + vx * my
+            p[0, 2] += vR[2] + vx * mz
+            p[1, 0] += vR[3] + vy * mx
+            p[1, 1] += vR[4] + vy * my
+            p[1, 2] += vR[5] + vy * mz
+            p[2, 0] += vR[6] + vz * mx
+            p[2, 1] += vR[7] + vz * my
+            p[2, 2] += vR[8] + vz * mz
+            p[0, 3] += vx
+            p[1, 3] += vy
+            p[2, 3] += vz
+        if not any_cam:
+            continue
+        v_means[i, 0] = gmx
+        v_means[i, 1] = gmy
+        v_means[i, 2] = gmz
+        # cov = M M^T: v_M = (vcov + vcov^T) M ; M = Rq diag(s)
+        vsym = (
+            vcov[0] + vcov[0],
+            vcov[1] + vcov[3],
+            vcov[2] + vcov[6],
+            vcov[3] + vcov[1],
+            vcov[4] + vcov[4],
+            vcov[5] + vcov[7],
+            vcov[6] + vcov[2],
+            vcov[7] + vcov[5],
+            vcov[8] + vcov[8],
+        )
+        vM = _mm(vsym, M)
+        sx, sy, sz = np.float64(scales[i, 0]), np.float64(scales[i, 1]), np.float64(scales[i, 2])
+        v_scales[i, 0] = Rq[0] * vM[0] + Rq[3] * vM[3] + Rq[6] * vM[6]
+        v_scales[i, 1] = Rq[1] * vM[1] + Rq[4] * vM[4] + Rq[7] * vM[7]
+        v_scales[i, 2] = Rq[2] * vM[2] + Rq[5] * vM[5] + Rq[8] * vM[8]
+        G = (
+            vM[0] * sx,
+            vM[1] * sy,
+            vM[2] * sz,
+            vM[3] * sx,
+            vM[4] * sy,
+            vM[5] * sz,
+            vM[6] * sx,
+            vM[7] * sy,
+            vM[8] * sz,
+        )  # dL/dRq
+        w, qx, qy, qz = (
+            np.float64(quats[i, 0]),
+            np.float64(quats[i, 1]),
+            np.float64(quats[i, 2]),
+            np.float64(quats[i, 3]),
+        )
+        v_quats[i, 0] = 2.0 * (-qz * G[1] + qy * G[2] + qz * G[3] - qx * G[5] - qy * G[6] + qx * G[7])
+        v_quats[i, 1] = 2.0 * (
+            qy * G[1]
+            + qz * G[2]
+            + qy * G[3]
+            - 2.0 * qx * G[4]
+            - w * G[5]
+            + qz * G[6]
+            + w * G[7]
+            - 2.0 * qx * G[8]
+        )
+        v_quats[i, 2] = 2.0 * (
+            -2.0 * qy * G[0]
+            + qx * G[1]
+            + w * G[2]
+            + qx * G[3]
+            + qz * G[5]
+            - w * G[6]
+            + qz * G[7]
+            - 2.0 * qy * G[8]
+        )
+        v_quats[i, 3] = 2.0 * (
+            -2.0 * qz * G[0]
+            - w * G[1]
+            + qx * G[2]
+            + w * G[3]
+            - 2.0 * qz * G[4]
+            + qy * G[5]
+            + qx * G[6]
+            + qy * G[7]
+        )
+
+
+@njit(parallel=True, cache=True)
 def _project_bwd(
     means,
     quats,
@@ -293,220 +590,30 @@ def _project_bwd(
     v_view_parts,
 ):
     N = means.shape[0]
-    C = viewmats.shape[0]
     nchunks = v_view_parts.shape[0]
     chunk = (N + nchunks - 1) // nchunks
     for k in prange(nchunks):
-        for i in range(k * chunk, min(N, (k + 1) * chunk)):
-            Rq, M, cov = _covar_world(quats, scales, i)
-            mx, my, mz = np.float64(means[i, 0]), np.float64(means[i, 1]), np.float64(means[i, 2])
-            gmx = 0.0
-            gmy = 0.0
-            gmz = 0.0
-            vcov = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-            any_cam = False
-            for c in range(C):
-                if radii[c, i, 0] <= 0 or radii[c, i, 1] <= 0:
-                    continue
-                any_cam = True
-                R, t = _view(viewmats, c)
-                x = R[0] * mx + R[1] * my + R[2] * mz + t[0]
-                y = R[3] * mx + R[4] * my + R[5] * mz + t[1]
-                z = R[6] * mx + R[7] * my + R[8] * mz + t[2]
-                fx, fy = np.float64(Ks[c, 0, 0]), np.float64(Ks[c, 1, 1])
-                cx, cy = np.float64(Ks[c, 0, 2]), np.float64(Ks[c, 1, 2])
-                # d conic -> d cov2d: V = -P G P, G symmetric with the off-diagonal split in halves
-                pa, pb, pc = (
-                    np.float64(conics[c, i, 0]),
-                    np.float64(conics[c, i, 1]),
-                    np.float64(conics[c, i, 2]),
-                )
-                ga, gb, gc = (
-                    np.float64(v_conics[c, i, 0]),
-                    0.5 * np.float64(v_conics[c, i, 1]),
-                    np.float64(v_conics[c, i, 2]),
-                )
-                # G P
-                q00 = ga * pa + gb * pb
-                q01 = ga * pb + gb * pc
-                q10 = gb * pa + gc * pb
-                q11 = gb * pb + gc * pc
-                v00 = -(pa * q00 + pb * q10)
-                v01 = -(pa * q01 + pb * q11)
-                v10 = -(pb * q00 + pc * q10)
-                v11 = -(pb * q01 + pc * q11)
-                covc = _mm(_mm(R, cov), _tr(R))
-                tx, ty, lxp, lxn, lyp, lyn = _jacobian(x, y, z, fx, fy, cx, cy, W, H)
-                rz = 1.0 / z
-                rz2 = rz * rz
-                rz3 = rz2 * rz
-                J = (fx * rz, 0.0, -fx * tx * rz2, 0.0, fy * rz, -fy * ty * rz2)
-                # v_covc = J^T V J   (3x3)
-                # JtV (3x2)
-                t00 = J[0] * v00 + J[3] * v10
-                t01 = J[0] * v01 + J[3] * v11
-                t10 = J[1] * v00 + J[4] * v10
-                t11 = J[1] * v01 + J[4] * v11
-                t20 = J[2] * v00 + J[5] * v10
-                t21 = J[2] * v01 + J[5] * v11
-                vcc = (
-                    t00 * J[0] + t01 * J[3],
-                    t00 * J[1] + t01 * J[4],
-                    t00 * J[2] + t01 * J[5],
-                    t10 * J[0] + t11 * J[3],
-                    t10 * J[1] + t11 * J[4],
-                    t10 * J[2] + t11 * J[5],
-                    t20 * J[0] + t21 * J[3],
-                    t20 * J[1] + t21 * J[4],
-                    t20 * J[2] + t21 * J[5],
-                )
-                # v_J = V J covc^T + V^T J covc   (2x3)
-                JC = (
-                    J[0] * covc[0] + J[1] * covc[3] + J[2] * covc[6],
-                    J[0] * covc[1] + J[1] * covc[4] + J[2] * covc[7],
-                    J[0] * covc[2] + J[1] * covc[5] + J[2] * covc[8],
-                    J[3] * covc[0] + J[4] * covc[3] + J[5] * covc[6],
-                    J[3] * covc[1] + J[4] * covc[4] + J[5] * covc[7],
-                    J[3] * covc[2] + J[4] * covc[5] + J[5] * covc[8],
-                )  # J covc (covc symmetric)
-                s00, s01, s10, s11 = v00 + v00, v01 + v10, v10 + v01, v11 + v11
-                vJ00 = s00 * JC[0] + s01 * JC[3]
-                vJ02 = s00 * JC[2] + s01 * JC[5]
-                vJ11 = s10 * JC[1] + s11 * JC[4]
-                vJ12 = s10 * JC[2] + s11 * JC[5]
-                gu = np.float64(v_means2d[c, i, 0])
-                gv = np.float64(v_means2d[c, i, 1])
-                vx = fx * rz * gu
-                vy = fy * rz * gv
-                vz = -(fx * x * gu + fy * y * gv) * rz2
-                if x * rz <= lxp and x * rz >= -lxn:
-                    vx += -fx * rz2 * vJ02
-                else:
-                    vz += -fx * rz3 * vJ02 * tx
-                if y * rz <= lyp and y * rz >= -lyn:
-                    vy += -fy * rz2 * vJ12
-                else:
-                    vz += -fy * rz3 * vJ12 * ty
-                vz += (
-                    -fx * rz2 * vJ00
-                    - fy * rz2 * vJ11
-                    + 2.0 * fx * tx * rz3 * vJ02
-                    + 2.0 * fy * ty * rz3 * vJ12
-                )
-                vz += np.float64(v_depths[c, i])
-                # mean_c = R m + t
-                gmx += R[0] * vx + R[3] * vy + R[6] * vz
-                gmy += R[1] * vx + R[4] * vy + R[7] * vz
-                gmz += R[2] * vx + R[5] * vy + R[8] * vz
-                # covc = R cov R^T: v_R = (vcc + vcc^T) R cov ; v_cov = R^T vcc R
-                RC = _mm(R, cov)
-                vs = (
-                    vcc[0] + vcc[0],
-                    vcc[1] + vcc[3],
-                    vcc[2] + vcc[6],
-                    vcc[3] + vcc[1],
-                    vcc[4] + vcc[4],
-                    vcc[5] + vcc[7],
-                    vcc[6] + vcc[2],
-                    vcc[7] + vcc[5],
-                    vcc[8] + vcc[8],
-                )
-                vR = _mm(vs, RC)
-                vc_w = _mm(_mm(_tr(R), vcc), R)
-                vcov = (
-                    vcov[0] + vc_w[0],
-                    vcov[1] + vc_w[1],
-                    vcov[2] + vc_w[2],
-                    vcov[3] + vc_w[3],
-                    vcov[4] + vc_w[4],
-                    vcov[5] + vc_w[5],
-                    vcov[6] + vc_w[6],
-                    vcov[7] + vc_w[7],
-                    vcov[8] + vc_w[8],
-                )
-                p = v_view_parts[k, c]
-                p[0, 0] += vR[0] + vx * mx
-                p[0, 1] += vR[1] + vx * my
-                p[0, 2] += vR[2] + vx * mz
-                p[1, 0] += vR[3] + vy * mx
-                p[1, 1] += vR[4] + vy * my
-                p[1, 2] += vR[5] + vy * mz
-                p[2, 0] += vR[6] + vz * mx
-                p[2, 1] += vR[7] + vz * my
-                p[2, 2] += vR[8] + vz * mz
-                p[0, 3] += vx
-                p[1, 3] += vy
-                p[2, 3] += vz
-            if not any_cam:
-                continue
-            v_means[i, 0] = gmx
-            v_means[i, 1] = gmy
-            v_means[i, 2] = gmz
-            # cov = M M^T: v_M = (vcov + vcov^T) M ; M = Rq diag(s)
-            vsym = (
-                vcov[0] + vcov[0],
-                vcov[1] + vcov[3],
-                vcov[2] + vcov[6],
-                vcov[3] + vcov[1],
-                vcov[4] + vcov[4],
-                vcov[5] + vcov[7],
-                vcov[6] + vcov[2],
-                vcov[7] + vcov[5],
-                vcov[8] + vcov[8],
-            )
-            vM = _mm(vsym, M)
-            sx, sy, sz = np.float64(scales[i, 0]), np.float64(scales[i, 1]), np.float64(scales[i, 2])
-            v_scales[i, 0] = Rq[0] * vM[0] + Rq[3] * vM[3] + Rq[6] * vM[6]
-            v_scales[i, 1] = Rq[1] * vM[1] + Rq[4] * vM[4] + Rq[7] * vM[7]
-            v_scales[i, 2] = Rq[2] * vM[2] + Rq[5] * vM[5] + Rq[8] * vM[8]
-            G = (
-                vM[0] * sx,
-                vM[1] * sy,
-                vM[2] * sz,
-                vM[3] * sx,
-                vM[4] * sy,
-                vM[5] * sz,
-                vM[6] * sx,
-                vM[7] * sy,
-                vM[8] * sz,
-            )  # dL/dRq
-            w, qx, qy, qz = (
-                np.float64(quats[i, 0]),
-                np.float64(quats[i, 1]),
-                np.float64(quats[i, 2]),
-                np.float64(quats[i, 3]),
-            )
-            v_quats[i, 0] = 2.0 * (-qz * G[1] + qy * G[2] + qz * G[3] - qx * G[5] - qy * G[6] + qx * G[7])
-            v_quats[i, 1] = 2.0 * (
-                qy * G[1]
-                + qz * G[2]
-                + qy * G[3]
-                - 2.0 * qx * G[4]
-                - w * G[5]
-                + qz * G[6]
-                + w * G[7]
-                - 2.0 * qx * G[8]
-            )
-            v_quats[i, 2] = 2.0 * (
-                -2.0 * qy * G[0]
-                + qx * G[1]
-                + w * G[2]
-                + qx * G[3]
-                + qz * G[5]
-                - w * G[6]
-                + qz * G[7]
-                - 2.0 * qy * G[8]
-            )
-            v_quats[i, 3] = 2.0 * (
-                -2.0 * qz * G[0]
-                - w * G[1]
-                + qx * G[2]
-                + w * G[3]
-                - 2.0 * qz * G[4]
-                + qy * G[5]
-                + qx * G[6]
-                + qy * G[7]
-            )
+        _project_bwd_range(
+            k,
+            k * chunk,
+            min(N, (k + 1) * chunk),
+            means,
+            quats,
+            scales,
+            viewmats,
+            Ks,
+            W,
+            H,
+            radii,
+            conics,
+            v_means2d,
+            v_depths,
+            v_conics,
+            v_means,
+            v_quats,
+            v_scales,
+            v_view_parts,
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -586,32 +693,43 @@ def _bin_count(means2d, radii, depths, ts, tw, th, counts, order, nvalid):
         nvalid[c] = nv
 
 
+@njit(cache=True)
+def _bin_fill_part(c, r0, r1, means2d, radii, ts, tw, th, order, nvalid, offsets, bins):
+    """Distribute camera c's depth-sorted Gaussians into its tiles of rows r0..r1-1 (serial)."""
+    T = tw * th
+    cursor = offsets[c * T + r0 * tw : c * T + r1 * tw].copy()
+    base = c * T + r0 * tw
+    for j in range(nvalid[c]):
+        i = order[c, j]
+        x0, y0, x1, y1 = _tile_rect(
+            means2d[c, i, 0], means2d[c, i, 1], radii[c, i, 0], radii[c, i, 1], ts, tw, th
+        )
+        y0 = max(y0, r0)
+        y1 = min(y1, r1)
+        for ty in range(y0, y1):
+            for tx in range(x0, x1):
+                k = c * T + ty * tw + tx - base
+                bins[cursor[k]] = i
+                cursor[k] += 1
+
+
 @njit(parallel=True, cache=True)
 def _bin_fill(means2d, radii, ts, tw, th, order, nvalid, offsets, bins, nparts):
-    """Distribute the depth-sorted Gaussians into their tiles; tile rows are split among threads."""
+    """Distribute the depth-sorted Gaussians into their tiles; bands of tile rows are split among threads."""
     C = order.shape[0]
-    T = tw * th
     rows_per = (th + nparts - 1) // nparts
     for job in prange(C * nparts):
         c = job // nparts
         r0 = (job % nparts) * rows_per
         r1 = min(th, r0 + rows_per)
-        if r0 >= r1:
-            continue
-        cursor = offsets[c * T + r0 * tw : c * T + r1 * tw].copy()
-        base = c * T + r0 * tw
-        for j in range(nvalid[c]):
-            i = order[c, j]
-            x0, y0, x1, y1 = _tile_rect(
-                means2d[c, i, 0], means2d[c, i, 1], radii[c, i, 0], radii[c, i, 1], ts, tw, th
-            )
-            y0 = max(y0, r0)
-            y1 = min(y1, r1)
-            for ty in range(y0, y1):
-                for tx in range(x0, x1):
-                    k = c * T + ty * tw + tx - base
-                    bins[cursor[k]] = i
-                    cursor[k] += 1
+        if r0 < r1:
+            _bin_fill_part(c, r0, r1, means2d, radii, ts, tw, th, order, nvalid, offsets, bins)
+
+
+@njit(cache=True)
+def _bin_fill_serial(means2d, radii, ts, tw, th, order, nvalid, offsets, bins):
+    for c in range(order.shape[0]):
+        _bin_fill_part(c, 0, th, means2d, radii, ts, tw, th, order, nvalid, offsets, bins)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -961,8 +1079,13 @@ def _bin_gaussians(m2, rd, dp, ts, tw, th):
     np.cumsum(counts, out=offsets[1:])
     bins = np.empty(int(offsets[-1]), np.int32)
     if bins.shape[0] > 0:
-        with numba.parallel_chunksize(1):  # dynamic: a late thread must not hold the others up
-            _bin_fill(m2, rd, ts, tw, th, order, nvalid, offsets, bins, min(th, 4 * numba.get_num_threads()))
+        if bins.shape[0] < 4 * _SERIAL_BELOW:
+            _bin_fill_serial(m2, rd, ts, tw, th, order, nvalid, offsets, bins)
+        else:
+            with numba.parallel_chunksize(1):  # dynamic: a late thread must not hold the others up
+                _bin_fill(
+                    m2, rd, ts, tw, th, order, nvalid, offsets, bins, min(th, 2 * numba.get_num_threads())
+                )
     nonempty = np.flatnonzero(counts)
     tiles = nonempty[np.argsort(-counts[nonempty], kind="stable")]
     return offsets, bins, tiles
@@ -983,25 +1106,27 @@ class _ProjectCPU(torch.autograd.Function):
         conics = np.empty((C, N, 3), np.float32)
         choose_threading_layer()
         if N > 0 and C > 0:
-            with _KERNEL_LOCK, numba.parallel_chunksize(64):
-                _project_fwd(
-                    m,
-                    q,
-                    s,
-                    op,
-                    has_op,
-                    V,
-                    K,
-                    float(width),
-                    float(height),
-                    float(eps2d),
-                    float(near),
-                    float(far),
-                    radii,
-                    means2d,
-                    depths,
-                    conics,
-                )
+            args = (
+                m,
+                q,
+                s,
+                op,
+                has_op,
+                V,
+                K,
+                float(width),
+                float(height),
+                float(eps2d),
+                float(near),
+                float(far),
+            )
+            outs = (radii, means2d, depths, conics)
+            with _KERNEL_LOCK:
+                if N * C < _SERIAL_BELOW:  # small: a thread hand-off would cost more than the work
+                    _project_fwd_range(0, N, *args, *outs)
+                else:
+                    with numba.parallel_chunksize(1):
+                        _project_fwd(4 * numba.get_num_threads(), *args, *outs)
         dt = means.dtype
         radii_t = torch.from_numpy(radii)
         means2d_t = torch.from_numpy(means2d).to(dt)
@@ -1021,7 +1146,8 @@ class _ProjectCPU(torch.autograd.Function):
         v_m = np.zeros((N, 3), np.float32)
         v_q = np.zeros((N, 4), np.float32)
         v_s = np.zeros((N, 3), np.float32)
-        nchunks = max(1, min(4 * numba.get_num_threads(), N))
+        serial = N * C < _SERIAL_BELOW
+        nchunks = 1 if serial else max(1, min(4 * numba.get_num_threads(), N))
         parts = np.zeros((nchunks, C, 4, 4), np.float64)
         if N > 0 and C > 0:
             args = (
@@ -1042,8 +1168,12 @@ class _ProjectCPU(torch.autograd.Function):
                 v_s,
                 parts,
             )
-            with _KERNEL_LOCK, numba.parallel_chunksize(1):
-                _project_bwd(*args)
+            with _KERNEL_LOCK:
+                if serial:
+                    _project_bwd_range(0, 0, N, *args)
+                else:
+                    with numba.parallel_chunksize(1):
+                        _project_bwd(*args)
 
         def out(a, like, need):
             return torch.from_numpy(a).to(like.dtype) if need else None
