@@ -24,45 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-
-def _mean(xs) -> float:
-    xs = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
-    return float(np.mean(xs)) if xs else float("nan")
-
-
-def _summary_row(m: dict) -> dict:
-    keys = (
-        "name",
-        "image_auroc",
-        "pixel_auroc",
-        "aupro",
-        "per_defect",
-        "seconds_per_query",
-        "stage_seconds",
-        "pose_auc",
-        "median_rot_deg",
-        "decision",
-        "n",
-    )
-    return {k: m[k] for k in keys if k in m}
-
 
 def run_benchmark(args) -> tuple[dict, dict]:
-    from splatlab.anomaly import AnomalyConfig, CalibrationConfig
-    from splatlab.baselines import MemoryBank, MemoryBankConfig, run_memory_bank
-    from splatlab.data import default_dataset, list_classes, load_mad_class, load_test_poses
-    from splatlab.detect import DetectorModel, class_metrics, run_class, select_queries
-    from splatlab.pose import pose_config
-    from splatlab.train import ensure_trained
+    from splatlab.data import default_dataset, list_classes
+    from splatlab.evaluate import EvalConfig, evaluate
 
     root = Path(args.data) if args.data else default_dataset(size=args.size)
     class_dirs = list_classes(root)
@@ -74,104 +43,19 @@ def run_benchmark(args) -> tuple[dict, dict]:
             raise SystemExit(
                 f"--classes: unknown {sorted(missing)}; have {[d.name for d in list_classes(root)]}"
             )
-    pose_cfg = pose_config(args.pose_preset)
-    anomaly = AnomalyConfig(method=args.method)
-    per_method: dict[str, list[dict]] = {"full": [], "coarse_only": [], "nearest_view": [], "memory_bank": []}
-    runs: dict[str, dict] = {}
-    for class_dir in class_dirs:
-        name = class_dir.name
-        t0 = time.perf_counter()
-        run_dir = ensure_trained(class_dir, args.runs, args.train_preset, args.size, progress=False)
-        t_train = time.perf_counter() - t0
-        mc = load_mad_class(class_dir, size=args.size)
-        model = DetectorModel.from_run(
-            run_dir,
-            mc.train,
-            pose_config=pose_cfg,
-            anomaly=anomaly,
-            calibration_source=None if args.calibration == "none" else args.calibration,
-        )
-        t0 = time.perf_counter()
-        if args.calibration != "none" and model.calibration is None:
-            model.calibrate(
-                mc.train, CalibrationConfig(source=args.calibration, holdout_every=args.calib_every)
-            )
-        t_cal = time.perf_counter() - t0
-        idx = select_queries([s.defect for s in mc.test], args.max_queries, seed=args.seed)
-        try:
-            gt = load_test_poses(class_dir, size=args.size).cameras.viewmats
-        except FileNotFoundError:
-            logging.warning("%s has no test_poses.json: no pose AUC", name)
-            gt = None
-        runs[name] = {}
-        for mode, key in (("full", "full"), ("coarse", "coarse_only"), ("nearest", "nearest_view")):
-            if mode != "full" and args.no_baselines:
-                continue
-            run = run_class(
-                model,
-                mc.test,
-                mode=mode,
-                name=name,
-                indices=idx,
-                gt_viewmats=gt,
-                n_examples=4 if mode == "full" else 0,
-                progress=False,
-            )
-            runs[name][mode] = run
-            per_method[key].append(class_metrics(run))
-        if not args.no_baselines:
-            t0 = time.perf_counter()
-            bank = MemoryBank.fit(mc.train.images, MemoryBankConfig())
-            fit = time.perf_counter() - t0
-            run = run_memory_bank(bank, mc.test, name, idx)
-            runs[name]["memory_bank"] = run
-            m = class_metrics(run)
-            m["fit_seconds"] = fit
-            per_method["memory_bank"].append(m)
-        full = per_method["full"][-1]
-        full["train_seconds"], full["calibration_seconds"] = t_train, t_cal
-        logging.info("partial %s", json.dumps({k: _summary_row(v[-1]) for k, v in per_method.items() if v}))
-        logging.info(
-            "%s: image %.1f pixel %.1f aupro %.1f (%.1f s/query)",
-            name,
-            full["image_auroc"],
-            full["pixel_auroc"],
-            full["aupro"],
-            full["seconds_per_query"],
-        )
-    classes = [
-        _summary_row(m) | {k: m[k] for k in ("train_seconds", "calibration_seconds")}
-        for m in per_method["full"]
-    ]
-    summary = {
-        "classes": classes,
-        "mean_image_auroc": _mean(c["image_auroc"] for c in classes),
-        "mean_pixel_auroc": _mean(c["pixel_auroc"] for c in classes),
-        "mean_aupro": _mean(c["aupro"] for c in classes),
-        "baselines": {},
-    }
-    for key in ("coarse_only", "nearest_view", "memory_bank"):
-        rows = per_method[key]
-        if rows:
-            summary["baselines"][key] = {
-                "mean_image_auroc": _mean(r["image_auroc"] for r in rows),
-                "mean_pixel_auroc": _mean(r["pixel_auroc"] for r in rows),
-                "mean_aupro": _mean(r["aupro"] for r in rows),
-                "seconds_per_query": _mean(r["seconds_per_query"] for r in rows),
-                "classes": [{k: r[k] for k in ("name", "image_auroc", "pixel_auroc", "aupro")} for r in rows],
-            }
-    summary["meta"] = {
-        "data": str(root),
-        "size": args.size,
-        "method": args.method,
-        "train_preset": args.train_preset,
-        "pose_preset": args.pose_preset,
-        "calibration": args.calibration,
-        "max_queries": args.max_queries,
-        "queries_per_class": [len(r["full"].scores) for r in runs.values()],
-        "torch_threads": torch.get_num_threads(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-    }
+    config = EvalConfig(
+        size=args.size,
+        train_preset=args.train_preset,
+        pose_preset=args.pose_preset,
+        method=args.method,
+        calibration=args.calibration,
+        calib_every=args.calib_every,
+        max_queries=args.max_queries,
+        baselines=not args.no_baselines,
+        seed=args.seed,
+    )
+    summary, runs = evaluate(class_dirs, config, args.runs, progress=False)
+    summary["meta"]["data"] = str(root)
     return summary, runs
 
 

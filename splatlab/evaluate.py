@@ -1,0 +1,194 @@
+"""The MAD-style evaluation of whole classes: train where needed, calibrate, detect, score, baselines.
+
+Shared by ``splatlab demo`` and ``benchmarks/detect.py``. Per class:
+
+1. splats of the good object (``ensure_trained``; runs are cached under ``runs/``);
+2. a decision threshold from held-out good training views only (never test statistics);
+3. every selected test image through the full pipeline and, optionally, three baselines:
+   (a) coarse pose only, (b) the retrieved nearest training image itself, (c) a PatchCore-style memory bank;
+4. metrics in percent: image AUROC, pixel AUROC, AUPRO to FPR 0.3, per defect type, pose AUC.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+# method key in the summary -> detect() mode
+MODES = {"full": "full", "coarse_only": "coarse", "nearest_view": "nearest"}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    size: int = 128  # image size the classes are loaded and trained at
+    train_preset: str = "cpu"  # training preset: "cpu", "gpu" or "fast"
+    pose_preset: str = "cpu"  # pose preset: "cpu", "full", "splatpose" or "fast"
+    method: str = "splatpose"  # anomaly map: "splatpose", "rgb", "features" or "ssim"
+    calibration: str = "pose"  # threshold from held-out views: "pose", "gt_pose" or "none"
+    calib_every: int = 8  # calibrate on every n-th training view (8 = training's eval split)
+    max_queries: int | None = None  # test images per class, spread over defect types; None = all
+    baselines: bool = True  # also run the coarse-only, nearest-view and memory-bank baselines
+    seed: int = 0  # seed of the query selection
+
+
+def _mean(xs) -> float:
+    xs = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+_ROW_KEYS = (
+    "name",
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "per_defect",
+    "seconds_per_query",
+    "stage_seconds",
+    "pose_auc",
+    "median_rot_deg",
+    "decision",
+    "n",
+    "train_seconds",
+    "calibration_seconds",
+    "fit_seconds",
+)
+
+
+def evaluate_class(
+    class_dir: str | Path,
+    config: EvalConfig = EvalConfig(),
+    runs_root: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, dict], dict[str, object]]:
+    """Evaluate one class folder.
+
+    Args:
+        class_dir: A MAD-layout class folder.
+        config: What to run.
+        runs_root: Where trained runs are cached; ``runs/`` by default.
+        progress: Show progress bars.
+
+    Returns:
+        ``(metrics, runs)``: per method key ("full", "coarse_only", ...) a metric dict and a
+        :class:`splatlab.detect.ClassRun`.
+    """
+    from splatlab.anomaly import AnomalyConfig, CalibrationConfig
+    from splatlab.baselines import MemoryBank, MemoryBankConfig, run_memory_bank
+    from splatlab.data import load_mad_class, load_test_poses
+    from splatlab.detect import DetectorModel, class_metrics, run_class, select_queries
+    from splatlab.pose import pose_config
+    from splatlab.train import ensure_trained
+
+    class_dir = Path(class_dir)
+    name = class_dir.name
+    t0 = time.perf_counter()
+    run_dir = ensure_trained(class_dir, runs_root, config.train_preset, config.size, progress=progress)
+    t_train = time.perf_counter() - t0
+    mc = load_mad_class(class_dir, size=config.size)
+    model = DetectorModel.from_run(
+        run_dir,
+        mc.train,
+        pose_config=pose_config(config.pose_preset),
+        anomaly=AnomalyConfig(method=config.method),
+        calibration_source=None if config.calibration == "none" else config.calibration,
+    )
+    t0 = time.perf_counter()
+    if config.calibration != "none" and model.calibration is None:
+        log.info("%s: calibrating on held-out good views", name)
+        model.calibrate(
+            mc.train, CalibrationConfig(source=config.calibration, holdout_every=config.calib_every)
+        )
+    t_cal = time.perf_counter() - t0
+    idx = select_queries([s.defect for s in mc.test], config.max_queries, seed=config.seed)
+    try:
+        gt = load_test_poses(class_dir, size=config.size).cameras.viewmats  # evaluation only
+    except FileNotFoundError:
+        log.warning("%s has no test_poses.json: no pose AUC", name)
+        gt = None
+    metrics: dict[str, dict] = {}
+    runs: dict[str, object] = {}
+    for key, mode in MODES.items():
+        if key != "full" and not config.baselines:
+            continue
+        log.info("%s: %s on %d test images", name, key, len(idx))
+        run = run_class(
+            model,
+            mc.test,
+            mode=mode,
+            name=name,
+            indices=idx,
+            gt_viewmats=gt,
+            n_examples=4 if key == "full" else 0,
+            progress=progress,
+        )
+        runs[key], metrics[key] = run, class_metrics(run)
+    if config.baselines:
+        t0 = time.perf_counter()
+        bank = MemoryBank.fit(mc.train.images, MemoryBankConfig())
+        fit = time.perf_counter() - t0
+        run = run_memory_bank(bank, mc.test, name, idx)
+        runs["memory_bank"], metrics["memory_bank"] = run, class_metrics(run) | {"fit_seconds": fit}
+    metrics["full"] |= {"train_seconds": t_train, "calibration_seconds": t_cal}
+    return metrics, runs
+
+
+def summarize(per_class: list[dict[str, dict]], config: EvalConfig) -> dict:
+    """The benchmark summary (AUROCs in percent) from :func:`evaluate_class` metrics of several classes."""
+    classes = [{k: m["full"][k] for k in _ROW_KEYS if k in m["full"]} for m in per_class]
+    summary = {
+        "classes": classes,
+        "mean_image_auroc": _mean(c["image_auroc"] for c in classes),
+        "mean_pixel_auroc": _mean(c["pixel_auroc"] for c in classes),
+        "mean_aupro": _mean(c["aupro"] for c in classes),
+        "mean_seconds_per_query": _mean(c["seconds_per_query"] for c in classes),
+        "baselines": {},
+    }
+    for key in ("coarse_only", "nearest_view", "memory_bank"):
+        rows = [m[key] for m in per_class if key in m]
+        if rows:
+            summary["baselines"][key] = {
+                "mean_image_auroc": _mean(r["image_auroc"] for r in rows),
+                "mean_pixel_auroc": _mean(r["pixel_auroc"] for r in rows),
+                "mean_aupro": _mean(r["aupro"] for r in rows),
+                "seconds_per_query": _mean(r["seconds_per_query"] for r in rows),
+                "classes": [{k: r[k] for k in ("name", "image_auroc", "pixel_auroc", "aupro")} for r in rows],
+            }
+    summary["meta"] = asdict(config) | {
+        "torch_threads": torch.get_num_threads(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+    return summary
+
+
+def evaluate(
+    class_dirs: list[Path],
+    config: EvalConfig = EvalConfig(),
+    runs_root: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[dict, dict[str, dict[str, object]]]:
+    """Evaluate several classes; returns the summary and, per class, the runs (for reports)."""
+    if not class_dirs:
+        raise ValueError("class_dirs is empty: nothing to evaluate")
+    per_class, runs = [], {}
+    for class_dir in class_dirs:
+        metrics, runs[Path(class_dir).name] = evaluate_class(class_dir, config, runs_root, progress)
+        per_class.append(metrics)
+        full = metrics["full"]
+        log.info(
+            "%s: image AUROC %.1f, pixel AUROC %.1f, AUPRO %.1f (%.2f s/query)",
+            full["name"],
+            full["image_auroc"],
+            full["pixel_auroc"],
+            full["aupro"],
+            full["seconds_per_query"],
+        )
+    return summarize(per_class, config), runs
