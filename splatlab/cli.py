@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 # "words on the command line" -> "module:function". Longest match wins ("data check" before "data").
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"splatlab: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    # torch's OpenMP threads spin after each op and starve the Numba renderer's threads (2-5x slower
+    # renders on 2 cores); this only takes effect before torch is imported, which the CLI has not done yet.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module_name, func_name = COMMANDS[name].split(":")
     func = getattr(importlib.import_module(module_name), func_name)

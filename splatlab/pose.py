@@ -274,6 +274,9 @@ def _threads(n: int | None):
         return
     import numba
 
+    from splatlab.render.cpu import choose_threading_layer
+
+    choose_threading_layer()  # numba.get_num_threads() would otherwise fix the slower OpenMP layer
     old_torch, old_numba = torch.get_num_threads(), numba.get_num_threads()
     torch.set_num_threads(n)
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
