@@ -198,3 +198,14 @@ def test_gsplat_backend_matches_cpu(two_cameras):
     assert meta["backend"] == "gsplat"
     assert_close(gs_img.cpu(), cpu_img, atol=1e-3, rtol=0)
     assert_close(gs_alpha.cpu(), cpu_alpha, atol=1e-3, rtol=0)
+
+
+def test_sh_degree_zero_shortcut_matches_full_evaluation(two_cameras):
+    viewmats, Ks, W, H = two_cameras
+    means, quats, scales, opac, _ = random_gaussians(200, seed=7)
+    coeffs = torch.randn(200, 4, 3, generator=torch.Generator().manual_seed(1))
+    campos = torch.linalg.inv(viewmats)[:, :3, 3]
+    per_camera = eval_sh(0, means[None] - campos[:, None], coeffs[None].expand(2, -1, -1, -1))
+    a, _, _ = render(means, quats, scales, opac, coeffs, viewmats, Ks, W, H, sh_degree=0, backend="torch")
+    b, _, _ = render(means, quats, scales, opac, per_camera, viewmats, Ks, W, H, backend="torch")
+    assert_close(a, b)

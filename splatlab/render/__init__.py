@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from splatlab.render.sh import eval_sh
+from splatlab.render.sh import SH_C0, eval_sh
 
 Backend = Literal["auto", "cpu", "torch", "gsplat"]
 RenderMode = Literal["RGB", "RGB+ED", "ED"]
@@ -115,7 +115,9 @@ def render(
     radii, means2d, depths, conics = project(
         means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near_plane, far_plane
     )
-    if sh_degree is not None:
+    if sh_degree == 0:  # view-independent colour: skip the view directions (a hot path in training)
+        colors = torch.clamp_min(colors[:, 0, :] * SH_C0 + 0.5, 0.0)[None].expand(C, -1, -1)
+    elif sh_degree is not None:
         campos = torch.linalg.inv(viewmats)[:, :3, 3]  # camera centres: gradients reach the pose too
         colors = eval_sh(sh_degree, means[None, :, :] - campos[:, None, :], colors[None].expand(C, -1, -1, -1))
     elif colors.ndim == 2:
