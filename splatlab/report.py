@@ -30,6 +30,9 @@ METHOD_TITLES = {
     "coarse": "coarse pose only",
     "nearest": "nearest training view",
     "memory_bank": "memory bank (PatchCore-style)",
+    # the same methods under the benchmark JSON's keys
+    "coarse_only": "coarse pose only",
+    "nearest_view": "nearest training view",
 }
 
 
