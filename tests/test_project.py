@@ -43,3 +43,18 @@ def test_cli_help_and_unknown_command():
 def test_import_is_cheap_and_side_effect_free():
     code = "import sys, splatlab; assert 'torch' not in sys.modules and 'gsplat' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_cli_command_resolves_to_a_function():
+    import importlib
+
+    from splatlab.cli import COMMANDS
+
+    for name, target in COMMANDS.items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), name
+
+
+def test_demo_help_lists_its_flags():
+    out = subprocess.run([sys.executable, "-m", "splatlab.cli", "demo", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--all" in out.stdout and "--class-name" in out.stdout
