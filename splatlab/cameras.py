@@ -77,8 +77,10 @@ class Cameras:
 
     def to(self, device=None, dtype=None) -> Cameras:
         return Cameras(
-            self.viewmats.to(device=device, dtype=dtype), self.Ks.to(device=device, dtype=dtype),
-            self.width, self.height,
+            self.viewmats.to(device=device, dtype=dtype),
+            self.Ks.to(device=device, dtype=dtype),
+            self.width,
+            self.height,
         )
 
     def resized(self, width: int, height: int) -> Cameras:
@@ -94,9 +96,7 @@ class Cameras:
         w, h = batches[0].width, batches[0].height
         if any((b.width, b.height) != (w, h) for b in batches):
             raise ValueError("Cameras.cat: all batches must share one image size")
-        return Cameras(
-            torch.cat([b.viewmats for b in batches]), torch.cat([b.Ks for b in batches]), w, h
-        )
+        return Cameras(torch.cat([b.viewmats for b in batches]), torch.cat([b.Ks for b in batches]), w, h)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -113,9 +113,7 @@ def focal_from_fov(camera_angle_x: float, width: int) -> float:
 
 def intrinsics(focal: float, width: int, height: int, n: int = 1, device=None) -> Tensor:
     """Pinhole intrinsics with square pixels and the principal point at the image centre. [n, 3, 3]"""
-    K = torch.tensor(
-        [[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]], device=device
-    )
+    K = torch.tensor([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]], device=device)
     return K.expand(n, 3, 3).clone()
 
 
@@ -169,7 +167,11 @@ def spherical_eye(azimuth_deg: Tensor, elevation_deg: Tensor, radius: Tensor) ->
     """Points on a sphere around the origin (z up; azimuth from +x towards +y). [..., 3]"""
     az, el = torch.deg2rad(azimuth_deg), torch.deg2rad(elevation_deg)
     return torch.stack(
-        [radius * torch.cos(el) * torch.cos(az), radius * torch.cos(el) * torch.sin(az), radius * torch.sin(el)],
+        [
+            radius * torch.cos(el) * torch.cos(az),
+            radius * torch.cos(el) * torch.sin(az),
+            radius * torch.sin(el),
+        ],
         dim=-1,
     )
 
@@ -192,7 +194,9 @@ def ring_rig(
     az = torch.arange(0.0, 360.0, azimuth_step_deg)
     el = torch.tensor(elevations_deg, dtype=torch.float32)
     el_grid, az_grid = torch.meshgrid(el, az, indexing="ij")
-    eye = spherical_eye(az_grid.reshape(-1), el_grid.reshape(-1), torch.full_like(az_grid.reshape(-1), radius))
+    eye = spherical_eye(
+        az_grid.reshape(-1), el_grid.reshape(-1), torch.full_like(az_grid.reshape(-1), radius)
+    )
     viewmats = look_at(eye)
     return Cameras(viewmats, intrinsics(focal, width, height, n=len(viewmats)), width, height)
 
@@ -250,9 +254,12 @@ def so3_log(R: Tensor) -> Tensor:
     """Rotation vectors of rotation matrices, robust near 0 and near pi. [..., 3, 3] -> [..., 3]"""
     trace = R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2]
     cos = ((trace - 1.0) / 2.0).clamp(-1.0, 1.0)
-    skew = torch.stack(
-        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], dim=-1
-    ) / 2.0  # = sin(theta) * axis
+    skew = (
+        torch.stack(
+            [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], dim=-1
+        )
+        / 2.0
+    )  # = sin(theta) * axis
     sin = skew.norm(dim=-1)
     theta = torch.atan2(sin, cos)
     # General case: axis from the skew part.

@@ -51,9 +51,12 @@ def demo_cli(
             return 2
         classes = [c for c in classes if c.name == wanted]
     preset = "fast" if fast else "cpu"
-    config = EvalConfig(size=size, train_preset=preset, pose_preset=preset, max_queries=max_queries,
-                        baselines=baselines)
-    log.info("step 2/3: train (cached under runs/), calibrate and detect on %s", ", ".join(c.name for c in classes))
+    config = EvalConfig(
+        size=size, train_preset=preset, pose_preset=preset, max_queries=max_queries, baselines=baselines
+    )
+    log.info(
+        "step 2/3: train (cached under runs/), calibrate and detect on %s", ", ".join(c.name for c in classes)
+    )
     summary, runs = evaluate(classes, config)
     summary["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
     log.info("step 3/3: report")

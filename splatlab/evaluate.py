@@ -30,7 +30,7 @@ MODES = {"full": "full", "coarse_only": "coarse", "nearest_view": "nearest"}
 @dataclass(frozen=True)
 class EvalConfig:
     size: int = 128  # image size the classes are loaded and trained at
-    train_preset: str | None = "cpu"  # training preset "cpu", "gpu", "fast"; None: by device and SPLATLAB_FAST
+    train_preset: str | None = "cpu"  # "cpu", "gpu" or "fast"; None: by device and SPLATLAB_FAST
     pose_preset: str = "cpu"  # pose preset: "cpu", "full", "splatpose" or "fast"
     method: str = "splatpose"  # anomaly map: "splatpose", "rgb", "features" or "ssim"
     calibration: str = "pose"  # threshold from held-out views: "pose", "gt_pose" or "none"

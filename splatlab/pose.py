@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -371,7 +370,7 @@ def _frame(params, viewmats: Tensor, cfg: PoseConfig) -> tuple[Tensor, Tensor]:
 
 
 def _schedule(cfg: PoseConfig) -> list[tuple[float, int]]:
-    levels = [(s, n) for s, n in zip(cfg.pyramid_scales, cfg.pyramid_steps) if n > 0]
+    levels = [(s, n) for s, n in zip(cfg.pyramid_scales, cfg.pyramid_steps, strict=True) if n > 0]
     return levels + [(1.0, cfg.steps - sum(n for _, n in levels))] if cfg.steps > sum(cfg.pyramid_steps) else levels
 
 
@@ -465,7 +464,7 @@ def _estimate(query, splats, retriever, config, device, exclude) -> PoseResult:
     t3 = time.perf_counter()
     candidates = [
         Candidate(int(i), float(v), starts[j].cpu(), after[j].detach().cpu(), float(best_short[j]))
-        for j, (i, v) in enumerate(zip(idx.tolist(), sim.tolist()))
+        for j, (i, v) in enumerate(zip(idx.tolist(), sim.tolist(), strict=True))
     ]
     return _result(hist, after[chosen], K, query, candidates, chosen, short, frame, chosen,
                    {"coarse": t1 - t0, "hypotheses": t2 - t1, "refine": t3 - t2})

@@ -150,9 +150,18 @@ def render_splats(splats, cameras, sh_degree: int | None = None, background: Ten
     p = activated(splats)
     degree = sh_degree_of(splats) if sh_degree is None else sh_degree
     return render(
-        p["means"], p["quats"], p["scales"], p["opacities"], p["colors"],
-        cameras.viewmats, cameras.Ks, cameras.width, cameras.height,
-        sh_degree=degree, background=background, **kwargs,
+        p["means"],
+        p["quats"],
+        p["scales"],
+        p["opacities"],
+        p["colors"],
+        cameras.viewmats,
+        cameras.Ks,
+        cameras.width,
+        cameras.height,
+        sh_degree=degree,
+        background=background,
+        **kwargs,
     )
 
 
@@ -183,14 +192,22 @@ def save_ply(splats, path: str | os.PathLike) -> Path:
     with torch.no_grad():
         n = splats["means"].shape[0]
         rest = splats["shN"].detach().cpu().transpose(1, 2).reshape(n, -1)  # [N, 3*(K-1)] channel-major
-        data = torch.cat(
-            [
-                splats["means"].detach().cpu(), torch.zeros(n, 3), splats["sh0"].detach().cpu().reshape(n, 3),
-                rest, splats["opacities"].detach().cpu()[:, None], splats["scales"].detach().cpu(),
-                splats["quats"].detach().cpu(),
-            ],
-            dim=1,
-        ).numpy().astype(np.float32)
+        data = (
+            torch.cat(
+                [
+                    splats["means"].detach().cpu(),
+                    torch.zeros(n, 3),
+                    splats["sh0"].detach().cpu().reshape(n, 3),
+                    rest,
+                    splats["opacities"].detach().cpu()[:, None],
+                    splats["scales"].detach().cpu(),
+                    splats["quats"].detach().cpu(),
+                ],
+                dim=1,
+            )
+            .numpy()
+            .astype(np.float32)
+        )
     columns = _ply_columns(rest.shape[1])
     vertex = np.empty(n, dtype=[(c, "f4") for c in columns])
     for i, c in enumerate(columns):
@@ -248,5 +265,8 @@ def load_ply(path: str | os.PathLike, device=None) -> torch.nn.ParameterDict:
     if bad:
         raise ValueError(f"{path}: non-finite values in {bad}")
     return torch.nn.ParameterDict(
-        {k: torch.nn.Parameter(v.contiguous().to(device) if device else v.contiguous()) for k, v in params.items()}
+        {
+            k: torch.nn.Parameter(v.contiguous().to(device) if device else v.contiguous())
+            for k, v in params.items()
+        }
     )

@@ -6,7 +6,7 @@ from splatlab.cameras import intrinsics, look_at, spherical_eye
 
 @pytest.fixture
 def two_cameras():
-    """Two cameras 3–3.5 units from the origin, looking at it. Returns (viewmats [2,4,4], Ks [2,3,3], W, H)."""
+    """Two cameras 3–3.5 units from the origin, looking at it: (viewmats [2,4,4], Ks [2,3,3], W, H)."""
     eye = spherical_eye(torch.tensor([0.0, 90.0]), torch.tensor([20.0, -10.0]), torch.tensor([3.0, 3.5]))
     return look_at(eye), intrinsics(60.0, 40, 32, n=2), 40, 32
 

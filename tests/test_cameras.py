@@ -64,7 +64,9 @@ def test_se3_round_trip():
     g = torch.Generator().manual_seed(0)
     xi = torch.randn(200, 6, generator=g, dtype=torch.float64)
     phi = xi[:, 3:]
-    xi[:, 3:] = phi / phi.norm(dim=-1, keepdim=True) * torch.rand(200, 1, generator=g, dtype=torch.float64) * 3.0
+    xi[:, 3:] = (
+        phi / phi.norm(dim=-1, keepdim=True) * torch.rand(200, 1, generator=g, dtype=torch.float64) * 3.0
+    )
     assert_close(se3_log(se3_exp(xi)), xi, atol=1e-9, rtol=1e-7)
     # Near pi and at zero.
     near_pi = torch.tensor([[0.1, 0.2, 0.3, 0.0, math.pi - 1e-6, 0.0]], dtype=torch.float64)

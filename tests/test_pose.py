@@ -6,9 +6,24 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from splatlab.cameras import Cameras, camera_centers, intrinsics, look_at, perturb_viewmat, pose_error, se3_exp
+from splatlab.cameras import (
+    Cameras,
+    camera_centers,
+    intrinsics,
+    look_at,
+    perturb_viewmat,
+    pose_error,
+    se3_exp,
+)
 from splatlab.pose import (
-    PoseConfig, PoseDivergedError, apply_delta, basin, delta_between, estimate_pose, evaluate_poses, pose_config,
+    PoseConfig,
+    PoseDivergedError,
+    apply_delta,
+    basin,
+    delta_between,
+    estimate_pose,
+    evaluate_poses,
+    pose_config,
     refine,
 )
 from splatlab.retrieval import Retriever
@@ -83,16 +98,21 @@ def test_moving_camera_equals_moving_gaussians(scene):
     moved = dict(iso, means=iso["means"] @ T[:3, :3].T + T[:3, 3])
     V = cams.viewmats[:1]
     a = render_splats(moved, Cameras(V, cams.Ks[:1], SIZE, SIZE), background=torch.ones(3), backend="cpu")[0]
-    b = render_splats(iso, Cameras(V @ T, cams.Ks[:1], SIZE, SIZE), background=torch.ones(3), backend="cpu")[0]
-    c = render_splats(iso, Cameras(T @ V, cams.Ks[:1], SIZE, SIZE), background=torch.ones(3), backend="cpu")[0]
+    b = render_splats(iso, Cameras(V @ T, cams.Ks[:1], SIZE, SIZE), background=torch.ones(3), backend="cpu")[
+        0
+    ]
+    c = render_splats(iso, Cameras(T @ V, cams.Ks[:1], SIZE, SIZE), background=torch.ones(3), backend="cpu")[
+        0
+    ]
     assert_close(a, b, atol=2e-4, rtol=0)
     assert (a - c).abs().max() > 0.1
 
 
 def _render_at(splats, viewmat, K):
     with torch.no_grad():
-        return render_splats(splats, Cameras(viewmat[None], K[None], SIZE, SIZE), background=torch.ones(3),
-                             backend="cpu")[0][0]
+        return render_splats(
+            splats, Cameras(viewmat[None], K[None], SIZE, SIZE), background=torch.ones(3), backend="cpu"
+        )[0][0]
 
 
 @pytest.mark.parametrize("pivot", ["camera", "object"])
@@ -129,8 +149,15 @@ def test_object_pivot_keeps_the_pivot_fixed():
 
 def test_refine_history_pyramid_early_stop_and_renders(scene):
     splats, cams, images = scene
-    cfg = dataclasses.replace(CFG, steps=80, pyramid_scales=(0.5,), pyramid_steps=(10,), record_every=20,
-                              early_stop_patience=3, early_stop_tol=0.5)
+    cfg = dataclasses.replace(
+        CFG,
+        steps=80,
+        pyramid_scales=(0.5,),
+        pyramid_steps=(10,),
+        record_every=20,
+        early_stop_patience=3,
+        early_stop_tol=0.5,
+    )
     start = perturb_viewmat(cams.viewmats[2], 3.0, seed=0)
     res = refine(images[2], splats, start, cams.Ks[2], cfg)
     assert res.stopped_early and len(res.losses) < 80
@@ -145,8 +172,9 @@ def test_estimate_pose_multi_hypothesis_and_evaluation(scene):
     ret = Retriever.build(images, cams, "features")
     query_cam = perturb_viewmat(cams.viewmats[5], 4.0, seed=2)
     with torch.no_grad():
-        query = render_splats(splats, Cameras(query_cam[None], cams.Ks[:1], SIZE, SIZE),
-                              background=torch.ones(3), backend="cpu")[0][0]
+        query = render_splats(
+            splats, Cameras(query_cam[None], cams.Ks[:1], SIZE, SIZE), background=torch.ones(3), backend="cpu"
+        )[0][0]
     cfg = dataclasses.replace(CFG, k=3, short_steps=5, short_scale=1.0)
     res = estimate_pose(query, splats, ret, cfg)
     assert len(res.candidates) == 3 and res.candidates[0].index == 5
@@ -163,8 +191,12 @@ def test_estimate_pose_multi_hypothesis_and_evaluation(scene):
 
     res = estimate_pose(query, splats, ret, dataclasses.replace(cfg, record_every=10, steps=25))
     assert sorted(res.renders) == [0, 10, 20, 24]
-    figs = [pf.refinement_figure(res, query_cam), pf.candidates_figure(res, ret, query), pf.renders_figure(res, query),
-            pf.error_cdf_figure({"a": ev.rot_deg})]
+    figs = [
+        pf.refinement_figure(res, query_cam),
+        pf.candidates_figure(res, ret, query),
+        pf.renders_figure(res, query),
+        pf.error_cdf_figure({"a": ev.rot_deg}),
+    ]
     assert len(figs[0].axes) == 3 and len(figs[1].axes) == 4 and len(figs[2].axes) == 8
     rot, _ = pf.errors_per_step(res, query_cam)
     assert rot[0] > rot[-1]
@@ -211,8 +243,14 @@ def test_divergence_is_reported(scene, monkeypatch):
 
 def test_basin_and_presets(scene, monkeypatch):
     splats, cams, images = scene
-    res = basin(splats, cams[:2], angles_deg=(2.0, 60.0), trials=2, config=dataclasses.replace(CFG, steps=40),
-                images=images[:2])
+    res = basin(
+        splats,
+        cams[:2],
+        angles_deg=(2.0, 60.0),
+        trials=2,
+        config=dataclasses.replace(CFG, steps=40),
+        images=images[:2],
+    )
     assert res.rates.shape == (2,) and res.final_rot_deg.shape == (2, 2)
     assert res.rates[0] == 1.0 and res.rates[1] == 0.0
     from splatlab.viz.pose_figures import basin_figure

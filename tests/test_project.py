@@ -3,8 +3,9 @@
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,5 +57,7 @@ def test_every_cli_command_resolves_to_a_function():
 
 
 def test_demo_help_lists_its_flags():
-    out = subprocess.run([sys.executable, "-m", "splatlab.cli", "demo", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "splatlab.cli", "demo", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "--all" in out.stdout and "--class-name" in out.stdout

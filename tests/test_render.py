@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from conftest import random_gaussians
 from torch.testing import assert_close
 
+from conftest import random_gaussians
 from splatlab.render import render, resolve_backend
 from splatlab.render.reference import project_torch, quat_to_rotmat
 from splatlab.render.sh import eval_sh
@@ -58,8 +58,18 @@ def test_reference_gradcheck_all_inputs(two_cameras):
 
     def f(m, q, s, o, c, v34):
         img, alpha, _ = render(
-            m, q, s, o, c, torch.cat([v34, last], 1), Ks, 20, 16, backend="torch",
-            render_mode="RGB+ED", background=torch.ones(3, dtype=torch.float64),
+            m,
+            q,
+            s,
+            o,
+            c,
+            torch.cat([v34, last], 1),
+            Ks,
+            20,
+            16,
+            backend="torch",
+            render_mode="RGB+ED",
+            background=torch.ones(3, dtype=torch.float64),
         )
         return img, alpha
 
@@ -74,8 +84,9 @@ def test_reference_gradcheck_sh3(two_cameras):
     last = viewmats[:, 3:, :]
 
     def f(m, c, v34):
-        return render(m, quats, scales, opac, c, torch.cat([v34, last], 1), Ks, 20, 16, sh_degree=3,
-                      backend="torch")[0]
+        return render(
+            m, quats, scales, opac, c, torch.cat([v34, last], 1), Ks, 20, 16, sh_degree=3, backend="torch"
+        )[0]
 
     inputs = [t.clone().requires_grad_() for t in (means, coeffs, viewmats[:, :3])]
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
@@ -86,8 +97,16 @@ def test_one_gaussian_known_answer():
     viewmat = torch.eye(4)[None]
     K = torch.tensor([[[50.0, 0, 16], [0, 50.0, 16], [0, 0, 1]]])
     img, alpha, meta = render(
-        torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), 0.1),
-        torch.tensor([0.8]), torch.ones(1, 3), viewmat, K, 32, 32, backend="torch",
+        torch.tensor([[0.0, 0.0, 2.0]]),
+        torch.tensor([[1.0, 0, 0, 0]]),
+        torch.full((1, 3), 0.1),
+        torch.tensor([0.8]),
+        torch.ones(1, 3),
+        viewmat,
+        K,
+        32,
+        32,
+        backend="torch",
     )
     sigma_px2 = (50.0 * 0.1 / 2.0) ** 2 + 0.3  # projected variance plus the low-pass filter
     dx = 0.5  # pixel (16, 16)'s centre is half a pixel from the mean in x and in y
@@ -103,7 +122,9 @@ def test_empty_and_culled_scenes(two_cameras):
     assert_close(img, torch.ones(2, H, W, 3)) and assert_close(alpha, torch.zeros(2, H, W, 1))
     means, quats, scales, opac, colors = random_gaussians(20)
     behind = means - 50 * torch.linalg.inv(viewmats[0])[:3, 2]  # far behind camera 0
-    img, alpha, meta = render(behind, quats, scales, opac, colors, viewmats[:1], Ks[:1], W, H, backend="torch")
+    img, alpha, meta = render(
+        behind, quats, scales, opac, colors, viewmats[:1], Ks[:1], W, H, backend="torch"
+    )
     assert (meta["radii"] == 0).all() and alpha.abs().max() == 0
 
 
@@ -121,8 +142,19 @@ def test_default_strategy_steps_on_cpu_render(two_cameras):
 
     def step():
         p = activated(splats)
-        return render(p["means"], p["quats"], p["scales"], p["opacities"], p["colors"], viewmats, Ks, W, H,
-                      sh_degree=0, backend="torch")
+        return render(
+            p["means"],
+            p["quats"],
+            p["scales"],
+            p["opacities"],
+            p["colors"],
+            viewmats,
+            Ks,
+            W,
+            H,
+            sh_degree=0,
+            backend="torch",
+        )
 
     step()[0].mean().backward()  # one plain step, so that Adam has state to keep consistent
     for opt in optimizers.values():
@@ -158,8 +190,18 @@ def test_default_strategy_steps_on_cpu_render(two_cameras):
 def test_bad_input_raises_clear_error(two_cameras, change, match):
     viewmats, Ks, W, H = two_cameras
     means, quats, scales, opac, colors = random_gaussians(4)
-    args = dict(means=means, quats=quats, scales=scales, opacities=opac, colors=colors, viewmats=viewmats, Ks=Ks,
-                width=W, height=H, background=None)
+    args = dict(
+        means=means,
+        quats=quats,
+        scales=scales,
+        opacities=opac,
+        colors=colors,
+        viewmats=viewmats,
+        Ks=Ks,
+        width=W,
+        height=H,
+        background=None,
+    )
     change(args)
     with pytest.raises(ValueError, match=match):
         render(**args, backend="torch")
@@ -191,10 +233,13 @@ def test_auto_backend_never_imports_gsplat_on_cpu():
 def test_gsplat_backend_matches_cpu(two_cameras):
     viewmats, Ks, W, H = two_cameras
     means, quats, scales, opac, colors = random_gaussians(500, seed=5)
-    cpu_img, cpu_alpha, _ = render(means, quats, scales, opac, colors, viewmats, Ks, W, H, backend="cpu",
-                                   background=torch.ones(3))
+    cpu_img, cpu_alpha, _ = render(
+        means, quats, scales, opac, colors, viewmats, Ks, W, H, backend="cpu", background=torch.ones(3)
+    )
     dev = [t.cuda() for t in (means, quats, scales, opac, colors, viewmats, Ks)]
-    gs_img, gs_alpha, meta = render(*dev[:5], dev[5], dev[6], W, H, backend="auto", background=torch.ones(3).cuda())
+    gs_img, gs_alpha, meta = render(
+        *dev[:5], dev[5], dev[6], W, H, backend="auto", background=torch.ones(3).cuda()
+    )
     assert meta["backend"] == "gsplat"
     assert_close(gs_img.cpu(), cpu_img, atol=1e-3, rtol=0)
     assert_close(gs_alpha.cpu(), cpu_alpha, atol=1e-3, rtol=0)

@@ -53,7 +53,7 @@ def test_cache_is_reused_and_keyed_by_views(views, tmp_path):
     assert_close(a.descriptors, c.descriptors)
     s1 = Retriever.build(images, cams, "sift", cache_dir=tmp_path)
     s2 = Retriever.build(images, cams, "sift", cache_dir=tmp_path)
-    assert all((x == y).all() for x, y in zip(s1.descriptors, s2.descriptors))
+    assert all((x == y).all() for x, y in zip(s1.descriptors, s2.descriptors, strict=True))
 
 
 def test_bad_inputs(views, tmp_path):

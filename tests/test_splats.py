@@ -39,7 +39,9 @@ def test_ply_renders_same_image(tmp_path):
     s = random_splats(200, extent=0.5, sh_degree=1, seed=2)
     cams = Cameras(look_at(torch.tensor([[2.5, 0.5, 0.8]])), intrinsics(40.0, 32, 32), 32, 32)
     a, _, _ = render_splats(s, cams, backend="torch", background=torch.ones(3))
-    b, _, _ = render_splats(load_ply(save_ply(s, tmp_path / "s.ply")), cams, backend="torch", background=torch.ones(3))
+    b, _, _ = render_splats(
+        load_ply(save_ply(s, tmp_path / "s.ply")), cams, backend="torch", background=torch.ones(3)
+    )
     assert_close(a, b)
 
 
@@ -48,8 +50,14 @@ def test_reads_gsplat_exporter_ply(tmp_path):
 
     s = random_splats(30, sh_degree=1, seed=4)
     export_splats(
-        s["means"].detach(), s["scales"].detach(), s["quats"].detach(), s["opacities"].detach(),
-        s["sh0"].detach(), s["shN"].detach(), format="ply", save_to=str(tmp_path / "g.ply"),
+        s["means"].detach(),
+        s["scales"].detach(),
+        s["quats"].detach(),
+        s["opacities"].detach(),
+        s["sh0"].detach(),
+        s["shN"].detach(),
+        format="ply",
+        save_to=str(tmp_path / "g.ply"),
     )
     t = load_ply(tmp_path / "g.ply")
     for k in s:

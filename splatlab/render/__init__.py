@@ -95,20 +95,46 @@ def render(
         ``colors`` [C, H, W, D'] (D' = D, D+1 for RGB+ED, 1 for ED), ``alphas`` [C, H, W, 1] and ``meta``.
     """
     colors, background = _validate(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, background, render_mode
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        sh_degree,
+        background,
+        render_mode,
     )
     width, height = int(width), int(height)
     name = resolve_backend(backend, means.device)
     if name == "gsplat":
         return _render_gsplat(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
-            background=background, render_mode=render_mode, near_plane=near_plane, far_plane=far_plane,
-            eps2d=eps2d, tile_size=tile_size,
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+            viewmats,
+            Ks,
+            width,
+            height,
+            sh_degree=sh_degree,
+            background=background,
+            render_mode=render_mode,
+            near_plane=near_plane,
+            far_plane=far_plane,
+            eps2d=eps2d,
+            tile_size=tile_size,
         )
     if name == "cpu":
-        from splatlab.render.cpu import project_cpu as project, rasterize_cpu as rasterize
+        from splatlab.render.cpu import project_cpu as project
+        from splatlab.render.cpu import rasterize_cpu as rasterize
     else:
-        from splatlab.render.reference import project_torch as project, rasterize_torch as rasterize
+        from splatlab.render.reference import project_torch as project
+        from splatlab.render.reference import rasterize_torch as rasterize
 
     C = viewmats.shape[0]
     quats = torch.nn.functional.normalize(quats, dim=-1)
@@ -119,7 +145,9 @@ def render(
         colors = torch.clamp_min(colors[:, 0, :] * SH_C0 + 0.5, 0.0)[None].expand(C, -1, -1)
     elif sh_degree is not None:
         campos = torch.linalg.inv(viewmats)[:, :3, 3]  # camera centres: gradients reach the pose too
-        colors = eval_sh(sh_degree, means[None, :, :] - campos[:, None, :], colors[None].expand(C, -1, -1, -1))
+        colors = eval_sh(
+            sh_degree, means[None, :, :] - campos[:, None, :], colors[None].expand(C, -1, -1, -1)
+        )
     elif colors.ndim == 2:
         colors = colors[None].expand(C, -1, -1)
     if render_mode != "RGB":
@@ -129,8 +157,16 @@ def render(
             zero = background.new_zeros(C, 1)
             background = zero if render_mode == "ED" else torch.cat([background, zero], dim=-1)
     out_colors, out_alphas = rasterize(
-        means2d, conics, colors.contiguous(), opacities[None].expand(C, -1).contiguous(), radii, depths,
-        width, height, background, tile_size,
+        means2d,
+        conics,
+        colors.contiguous(),
+        opacities[None].expand(C, -1).contiguous(),
+        radii,
+        depths,
+        width,
+        height,
+        background,
+        tile_size,
     )
     if render_mode != "RGB":  # accumulated depth -> expected depth
         ed = out_colors[..., -1:] / out_alphas.clamp_min(1e-10)
@@ -159,9 +195,19 @@ def _render_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width,
     background = kw.pop("background")
     C = viewmats.shape[0]
     out_colors, out_alphas, meta = gsplat.rasterization(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
         backgrounds=None if background is None else background.expand(C, -1),
-        packed=False, rasterize_mode="classic", **kw,
+        packed=False,
+        rasterize_mode="classic",
+        **kw,
     )
     meta["backend"] = "gsplat"
     return out_colors, out_alphas, meta
@@ -171,15 +217,24 @@ def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, background, mode):
+def _validate(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, background, mode
+):
     """Raise one clear ValueError per bad argument; return colours and a [C, D] background."""
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise ValueError(msg)
 
-    for name, t in (("means", means), ("quats", quats), ("scales", scales), ("opacities", opacities),
-                    ("colors", colors), ("viewmats", viewmats), ("Ks", Ks)):
+    for name, t in (
+        ("means", means),
+        ("quats", quats),
+        ("scales", scales),
+        ("opacities", opacities),
+        ("colors", colors),
+        ("viewmats", viewmats),
+        ("Ks", Ks),
+    ):
         need(torch.is_tensor(t), f"{name} must be a torch.Tensor, got {type(t).__name__}")
         need(t.is_floating_point(), f"{name} must be a floating-point tensor, got {t.dtype}")
         need(bool(torch.isfinite(t).all()), f"{name} contains NaN or Inf values")
@@ -189,26 +244,50 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
     need(bool((quats.norm(dim=-1) > 1e-12).all()), "quats contains zero quaternions")
     need(scales.shape == (N, 3), f"scales must be [N, 3] with N={N}, got {tuple(scales.shape)}")
     need(opacities.shape == (N,), f"opacities must be [N] with N={N}, got {tuple(opacities.shape)}")
-    need(viewmats.ndim == 3 and viewmats.shape[1:] == (4, 4), f"viewmats must be [C, 4, 4], got {tuple(viewmats.shape)}")
+    need(
+        viewmats.ndim == 3 and viewmats.shape[1:] == (4, 4),
+        f"viewmats must be [C, 4, 4], got {tuple(viewmats.shape)}",
+    )
     C = viewmats.shape[0]
     need(C > 0, "viewmats is empty: pass at least one camera")
     need(Ks.shape == (C, 3, 3), f"Ks must be [C, 3, 3] with C={C} (as viewmats), got {tuple(Ks.shape)}")
-    need(_is_int(width) and _is_int(height) and width > 0 and height > 0,
-         f"width and height must be positive ints, got width={width!r}, height={height!r}")
+    need(
+        _is_int(width) and _is_int(height) and width > 0 and height > 0,
+        f"width and height must be positive ints, got width={width!r}, height={height!r}",
+    )
     last_row = viewmats.new_tensor([0.0, 0.0, 0.0, 1.0])
-    need(bool(torch.allclose(viewmats[:, 3, :], last_row.expand(C, 4))), "viewmats must have last row [0, 0, 0, 1]")
-    need(bool((torch.linalg.det(viewmats[:, :3, :3]).abs() > 1e-8).all()), "viewmats has a non-invertible rotation part")
-    need(bool((Ks[:, 0, 0] > 0).all() and (Ks[:, 1, 1] > 0).all()), "Ks must have positive focal lengths fx, fy")
+    need(
+        bool(torch.allclose(viewmats[:, 3, :], last_row.expand(C, 4))),
+        "viewmats must have last row [0, 0, 0, 1]",
+    )
+    need(
+        bool((torch.linalg.det(viewmats[:, :3, :3]).abs() > 1e-8).all()),
+        "viewmats has a non-invertible rotation part",
+    )
+    need(
+        bool((Ks[:, 0, 0] > 0).all() and (Ks[:, 1, 1] > 0).all()),
+        "Ks must have positive focal lengths fx, fy",
+    )
     if sh_degree is not None:
-        need(isinstance(sh_degree, int) and 0 <= sh_degree <= 3, f"sh_degree must be 0..3 or None, got {sh_degree!r}")
-        need(colors.ndim == 3 and colors.shape[0] == N and colors.shape[-1] == 3
-             and colors.shape[1] >= (sh_degree + 1) ** 2,
-             f"with sh_degree={sh_degree}, colors must be SH coefficients [N, K>={(sh_degree + 1) ** 2}, 3], "
-             f"got {tuple(colors.shape)}")
+        need(
+            isinstance(sh_degree, int) and 0 <= sh_degree <= 3,
+            f"sh_degree must be 0..3 or None, got {sh_degree!r}",
+        )
+        need(
+            colors.ndim == 3
+            and colors.shape[0] == N
+            and colors.shape[-1] == 3
+            and colors.shape[1] >= (sh_degree + 1) ** 2,
+            f"with sh_degree={sh_degree}, colors must be SH coefficients [N, K>={(sh_degree + 1) ** 2}, 3], "
+            f"got {tuple(colors.shape)}",
+        )
         D = 3
     else:
-        need((colors.ndim == 2 and colors.shape[0] == N) or (colors.ndim == 3 and colors.shape[:2] == (C, N)),
-             f"colors must be [N, D] or [C, N, D] with N={N}, C={C} (or pass sh_degree), got {tuple(colors.shape)}")
+        need(
+            (colors.ndim == 2 and colors.shape[0] == N) or (colors.ndim == 3 and colors.shape[:2] == (C, N)),
+            f"colors must be [N, D] or [C, N, D] with N={N}, C={C} (or pass sh_degree), "
+            f"got {tuple(colors.shape)}",
+        )
         D = colors.shape[-1]
     need(mode in ("RGB", "RGB+ED", "ED"), f"render_mode must be 'RGB', 'RGB+ED' or 'ED', got {mode!r}")
     if background is not None:
@@ -216,5 +295,8 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         background = background.to(means)
         if background.ndim == 1:
             background = background.expand(C, -1)
-        need(background.shape == (C, D), f"background must be [D] or [C, D] with D={D}, got {tuple(background.shape)}")
+        need(
+            background.shape == (C, D),
+            f"background must be [D] or [C, D] with D={D}, got {tuple(background.shape)}",
+        )
     return colors, background
