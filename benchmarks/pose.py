@@ -64,11 +64,17 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     parser.add_argument("--preset", default="cpu", help="pose preset of splatlab.pose.PRESETS")
     parser.add_argument("--train-preset", default="cpu", help="training preset of the splats")
-    parser.add_argument("--method", default=None, choices=["features", "sift"], help="retrieval (preset's by default)")
+    parser.add_argument(
+        "--method", default=None, choices=["features", "sift"], help="retrieval (preset's by default)"
+    )
     parser.add_argument("--size", type=int, default=128, help="image size of the default dataset")
     parser.add_argument("--classes", nargs="*", default=None, help="class names (default: all)")
-    parser.add_argument("--limit", type=int, default=0, help="at most this many test queries per class (0 = all)")
-    parser.add_argument("--heldout", type=int, default=0, help="also query every N-th training view (0 = none)")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="at most this many test queries per class (0 = all)"
+    )
+    parser.add_argument(
+        "--heldout", type=int, default=0, help="also query every N-th training view (0 = none)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch/Numba threads during estimation")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -96,37 +102,60 @@ def main() -> int:
         retriever = Retriever.build(train_views.images, train_views.cameras, config.method, cache_dir=run)
         images, gts, excludes, names = class_queries(class_dir, args.size, args.heldout, train_views)
         if args.limit:
-            images, gts, excludes, names = images[: args.limit], gts[: args.limit], excludes[: args.limit], names[: args.limit]
-        estimate_pose(images[0], splats, retriever, dataclasses.replace(config, steps=2, short_steps=1))  # warm-up
+            images, gts, excludes, names = (
+                images[: args.limit],
+                gts[: args.limit],
+                excludes[: args.limit],
+                names[: args.limit],
+            )
+        estimate_pose(
+            images[0], splats, retriever, dataclasses.replace(config, steps=2, short_steps=1)
+        )  # warm-up
         cpu0 = time.process_time()
         ev = evaluate_poses(splats, retriever, images, gts, config, exclude=excludes, names=names)
         cpu_seconds = time.process_time() - cpu0
         s = ev.summary()
         worst = int(torch.argmax(ev.rot_deg))
-        rows.append({
-            "name": class_dir.name, "auc5": round(s["auc5"], 2), "auc10": round(s["auc10"], 2),
-            "auc20": round(s["auc20"], 2), "median_rot_deg": round(s["median_rot_deg"], 3),
-            "median_trans": round(s["median_trans"], 4), "seconds_per_query": round(s["seconds_per_query"], 3),
-            "n_queries": s["n"], "diverged": s["diverged"],
-            "worst": {"query": names[worst], "rot_deg": round(float(ev.rot_deg[worst]), 2)},
-        })
+        rows.append(
+            {
+                "name": class_dir.name,
+                "auc5": round(s["auc5"], 2),
+                "auc10": round(s["auc10"], 2),
+                "auc20": round(s["auc20"], 2),
+                "median_rot_deg": round(s["median_rot_deg"], 3),
+                "median_trans": round(s["median_trans"], 4),
+                "seconds_per_query": round(s["seconds_per_query"], 3),
+                "n_queries": s["n"],
+                "diverged": s["diverged"],
+                "worst": {"query": names[worst], "rot_deg": round(float(ev.rot_deg[worst]), 2)},
+            }
+        )
         all_seconds += ev.seconds.tolist()
         rows[-1]["cpu_seconds_per_query"] = round(cpu_seconds / len(images), 3)
         r = rows[-1]
-        print(f"{r['name']:<10} AUC@5 {r['auc5']:6.2f}  @10 {r['auc10']:6.2f}  @20 {r['auc20']:6.2f}  "
-              f"median {r['median_rot_deg']:.3f}° {r['median_trans']:.4f}  {r['seconds_per_query']:.2f} s/query  "
-              f"worst {r['worst']['query']} {r['worst']['rot_deg']}°", flush=True)
+        print(
+            f"{r['name']:<10} AUC@5 {r['auc5']:6.2f}  @10 {r['auc10']:6.2f}  @20 {r['auc20']:6.2f}  "
+            f"median {r['median_rot_deg']:.3f}° {r['median_trans']:.4f}  "
+            f"{r['seconds_per_query']:.2f} s/query  "
+            f"worst {r['worst']['query']} {r['worst']['rot_deg']}°",
+            flush=True,
+        )
     result = {
         "classes": rows,
         "mean_auc5": round(statistics.mean(r["auc5"] for r in rows), 2),
         "mean_auc10": round(statistics.mean(r["auc10"] for r in rows), 2),
         "mean_auc20": round(statistics.mean(r["auc20"] for r in rows), 2),
         "mean_seconds_per_query": round(statistics.mean(all_seconds), 3),
-        "pose_preset": args.preset, "config": dataclasses.asdict(config), "train_preset": args.train_preset,
-        "size": args.size, "heldout_every": args.heldout, "torch_threads": args.threads,
+        "pose_preset": args.preset,
+        "config": dataclasses.asdict(config),
+        "train_preset": args.train_preset,
+        "size": args.size,
+        "heldout_every": args.heldout,
+        "torch_threads": args.threads,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "cpu_count": os.cpu_count(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "cpu_count": os.cpu_count(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     print(f"mean AUC@5 {result['mean_auc5']:.2f}, {result['mean_seconds_per_query']:.2f} s per query")
     if args.json:

@@ -58,8 +58,20 @@ from splatlab.splats import activated, sh_degree_of
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PRESETS", "BasinResult", "Candidate", "PoseConfig", "PoseDivergedError", "PoseEvaluation", "PoseResult",
-    "apply_delta", "basin", "delta_between", "estimate_pose", "evaluate_poses", "pose_config", "refine",
+    "PRESETS",
+    "BasinResult",
+    "Candidate",
+    "PoseConfig",
+    "PoseDivergedError",
+    "PoseEvaluation",
+    "PoseResult",
+    "apply_delta",
+    "basin",
+    "delta_between",
+    "estimate_pose",
+    "evaluate_poses",
+    "pose_config",
+    "refine",
 ]
 
 
@@ -67,7 +79,7 @@ __all__ = [
 class PoseConfig:
     """Settings of coarse-to-fine pose estimation; defaults are SplatPose's refinement plus 3 hypotheses."""
 
-    method: str = "features"  # coarse retrieval: "features" (EfficientNet-lite0 descriptors) or "sift" (match counts)
+    method: str = "features"  # coarse retrieval: "features" (EfficientNet-lite0) or "sift" (match counts)
     k: int = 3  # candidate training views refined briefly; 1 = trust the best match (SplatPose)
     short_steps: int = 25  # steps of the brief refinement of every candidate (ignored when k = 1)
     short_scale: float = 0.5  # image-size factor of the brief refinement (smaller is faster)
@@ -76,23 +88,32 @@ class PoseConfig:
     lr_decay: float = 0.8  # learning-rate factor applied every lr_decay_every steps (SplatPose: 0.8)
     lr_decay_every: int = 100  # steps between learning-rate decays (SplatPose: 100)
     ssim_weight: float = 0.2  # loss = (1 - w)·L1 + w·(1 - SSIM) (SplatPose / 3DGS: 0.2)
-    pivot: str = "object"  # rotation centre of δ: "camera" (its own centre: se3_exp(δ) @ viewmat₀) or "object" (the splats' centre on the optical axis)
-    translation_scale: float | None = None  # world units per unit of δ's translation; None: camera-to-centre distance ("camera") or object radius ("object")
-    pyramid_scales: tuple[float, ...] = ()  # image-size factors of the early full-refinement steps, coarse to fine, e.g. (0.25, 0.5)
+    # Rotation centre of δ: "camera" (its own centre, se3_exp(δ) @ viewmat₀) or "object" (the splats'
+    # centre on the optical axis).
+    pivot: str = "object"
+    # World units per unit of δ's translation; None: the camera-to-centre distance ("camera" pivot) or the
+    # object radius ("object" pivot).
+    translation_scale: float | None = None
+    # Image-size factors of the early full-refinement steps, coarse to fine, e.g. (0.25, 0.5).
+    pyramid_scales: tuple[float, ...] = ()
     pyramid_steps: tuple[int, ...] = ()  # steps at each pyramid scale; the remaining steps run at full size
-    early_stop_patience: int = 0  # stop after this many full-size steps without a relative improvement; 0 = off
+    early_stop_patience: int = 0  # stop after this many full-size steps without improvement; 0 = off
     early_stop_tol: float = 1e-3  # relative loss decrease that counts as an improvement
     record_every: int = 0  # keep a render every n steps of the full refinement (and the last); 0 = none
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # render background; MAD objects are on white
     eps2d: float = 0.3  # the renderer's 2D low-pass in px² at full size; scaled by scale² at reduced sizes
-    backend: str = "auto"  # renderer backend: "auto" (gsplat on CUDA, Numba kernel on CPU), "cpu", "torch", "gsplat"
-    num_threads: int | None = None  # CPU threads (torch and Numba) during estimation, restored after; None = leave as set
+    backend: str = "auto"  # renderer: "auto" (gsplat on CUDA, Numba kernel on CPU), "cpu", "torch", "gsplat"
+    num_threads: int | None = (
+        None  # CPU threads (torch and Numba) while estimating, restored after; None = as set
+    )
 
     def __post_init__(self) -> None:
         if self.method not in ("features", "sift"):
             raise ValueError(f"method must be 'features' or 'sift', got {self.method!r}")
         if self.k < 1 or self.steps < 1 or self.short_steps < 0:
-            raise ValueError(f"need k >= 1, steps >= 1, short_steps >= 0; got {self.k}, {self.steps}, {self.short_steps}")
+            raise ValueError(
+                f"need k >= 1, steps >= 1, short_steps >= 0; got {self.k}, {self.steps}, {self.short_steps}"
+            )
         if not self.lr > 0 or not 0 < self.lr_decay <= 1 or self.lr_decay_every < 1:
             raise ValueError("need lr > 0, 0 < lr_decay <= 1 and lr_decay_every >= 1")
         if len(self.pyramid_scales) != len(self.pyramid_steps):
@@ -118,8 +139,16 @@ class PoseConfig:
 PRESETS: dict[str, PoseConfig] = {
     "splatpose": PoseConfig(k=1),
     "full": PoseConfig(),
-    "cpu": PoseConfig(k=3, short_steps=8, short_scale=0.25, steps=40, lr=0.03, lr_decay=0.7, lr_decay_every=10,
-                      ssim_weight=0.0),
+    "cpu": PoseConfig(
+        k=3,
+        short_steps=8,
+        short_scale=0.25,
+        steps=40,
+        lr=0.03,
+        lr_decay=0.7,
+        lr_decay_every=10,
+        ssim_weight=0.0,
+    ),
     "fast": PoseConfig(k=2, short_steps=4, short_scale=0.5, steps=20, lr=0.02, early_stop_patience=5),
 }
 
@@ -171,7 +200,7 @@ def apply_delta(viewmat: Tensor, delta: Tensor, translation_scale=1.0, pivot_dep
         delta: Update vectors ``(ρ, φ)``: translation in units of ``s`` along the camera axes, then a
             rotation vector in radians. [..., 6]
         translation_scale: ``s``, world units per unit of ρ; a float or one per camera. [] or [...]
-        pivot_depth: Distance of the rotation centre along the optical axis; a float or one per camera. [] or [...]
+        pivot_depth: Distance of the rotation centre along the optical axis; one or per camera. [] or [...]
 
     Returns:
         The moved world→camera matrices. [..., 4, 4]
@@ -219,7 +248,7 @@ class PoseResult:
 
     Args:
         viewmat: Final world→camera matrix (lowest loss at full size). [4, 4]
-        viewmat_init: The start of the full refinement (the winning candidate after its brief refinement). [4, 4]
+        viewmat_init: Start of the full refinement (the winning candidate after its brief refinement). [4, 4]
         K: Intrinsics of the query at full size. [3, 3]
         width: Query width in pixels.
         height: Query height in pixels.
@@ -298,7 +327,9 @@ def _resize_query(query: Tensor, h: int, w: int) -> Tensor:
     return F.interpolate(query.permute(2, 0, 1)[None], size=(h, w), mode="area")[0].permute(1, 2, 0)
 
 
-def _optimise(params, sh_degree, query, viewmats0, K, width, height, cfg: PoseConfig, schedule, frame, record_every=0):
+def _optimise(
+    params, sh_degree, query, viewmats0, K, width, height, cfg: PoseConfig, schedule, frame, record_every=0
+):
     """Adam on δ [B, 6] for every (scale, steps) of ``schedule``; returns the history as a dict."""
     B, device = viewmats0.shape[0], viewmats0.device
     delta = torch.zeros(B, 6, device=device, requires_grad=True)
@@ -317,14 +348,30 @@ def _optimise(params, sh_degree, query, viewmats0, K, width, height, cfg: PoseCo
         best.fill_(float("inf"))  # losses at different sizes do not compare: the last level decides
         for _ in range(n):
             if not bool(torch.isfinite(delta).all()):
-                raise PoseDivergedError(f"pose refinement diverged: the pose update became non-finite at step {step}", step)
+                raise PoseDivergedError(
+                    f"pose refinement diverged: the pose update became non-finite at step {step}", step
+                )
             vm = apply_delta(viewmats0, delta, *frame)
-            img, _, _ = render(params["means"], params["quats"], params["scales"], params["opacities"],
-                               params["colors"], vm, Ks, w, h, sh_degree=sh_degree, background=background,
-                               backend=cfg.backend, eps2d=cfg.eps2d * (w / width) ** 2)
+            img, _, _ = render(
+                params["means"],
+                params["quats"],
+                params["scales"],
+                params["opacities"],
+                params["colors"],
+                vm,
+                Ks,
+                w,
+                h,
+                sh_degree=sh_degree,
+                background=background,
+                backend=cfg.backend,
+                eps2d=cfg.eps2d * (w / width) ** 2,
+            )
             loss = torch.stack([photometric_loss(img[b], target, cfg.ssim_weight) for b in range(B)])
             if not bool(torch.isfinite(loss).all()):
-                raise PoseDivergedError(f"pose refinement diverged: non-finite loss {loss.tolist()} at step {step}", step)
+                raise PoseDivergedError(
+                    f"pose refinement diverged: non-finite loss {loss.tolist()} at step {step}", step
+                )
             cur = loss.detach().cpu()
             losses.append(cur)
             vms.append(vm.detach())
@@ -348,8 +395,13 @@ def _optimise(params, sh_degree, query, viewmats0, K, width, height, cfg: PoseCo
     if record_every and losses and (step - 1) not in renders:
         renders[step - 1] = img[0].detach().cpu()
     return {
-        "losses": torch.stack(losses), "viewmats": torch.stack(vms), "scales": torch.tensor(scales),
-        "renders": renders, "best": best, "best_viewmats": best_vm, "stopped": stopped,
+        "losses": torch.stack(losses),
+        "viewmats": torch.stack(vms),
+        "scales": torch.tensor(scales),
+        "renders": renders,
+        "best": best,
+        "best_viewmats": best_vm,
+        "stopped": stopped,
     }
 
 
@@ -371,11 +423,16 @@ def _frame(params, viewmats: Tensor, cfg: PoseConfig) -> tuple[Tensor, Tensor]:
 
 def _schedule(cfg: PoseConfig) -> list[tuple[float, int]]:
     levels = [(s, n) for s, n in zip(cfg.pyramid_scales, cfg.pyramid_steps, strict=True) if n > 0]
-    return levels + [(1.0, cfg.steps - sum(n for _, n in levels))] if cfg.steps > sum(cfg.pyramid_steps) else levels
+    return (
+        levels + [(1.0, cfg.steps - sum(n for _, n in levels))]
+        if cfg.steps > sum(cfg.pyramid_steps)
+        else levels
+    )
 
 
-def refine(query: Tensor, splats, viewmat0: Tensor, K: Tensor, config: PoseConfig = PoseConfig(),
-           device=None) -> PoseResult:
+def refine(
+    query: Tensor, splats, viewmat0: Tensor, K: Tensor, config: PoseConfig = PoseConfig(), device=None
+) -> PoseResult:
     """Refine one starting pose by gradient descent (step 3 only: no retrieval, no hypotheses).
 
     Args:
@@ -393,32 +450,73 @@ def refine(query: Tensor, splats, viewmat0: Tensor, K: Tensor, config: PoseConfi
 def _refine(query, splats, viewmat0, K, config, device) -> PoseResult:
     device = splats["means"].device if device is None else torch.device(device)
     if viewmat0.shape != (4, 4) or K.shape != (3, 3):
-        raise ValueError(f"viewmat0 must be [4, 4] and K [3, 3], got {tuple(viewmat0.shape)}, {tuple(K.shape)}")
+        raise ValueError(
+            f"viewmat0 must be [4, 4] and K [3, 3], got {tuple(viewmat0.shape)}, {tuple(K.shape)}"
+        )
     query = check_query(query)
     params, degree = _prepared(splats, device)
     vm0 = viewmat0.to(device, torch.float32)[None]
     frame = _frame(params, vm0, config)
     t0 = time.perf_counter()
-    hist = _optimise(params, degree, query.to(device), vm0, K.to(device, torch.float32), query.shape[1],
-                     query.shape[0], config, _schedule(config), frame, config.record_every)
+    hist = _optimise(
+        params,
+        degree,
+        query.to(device),
+        vm0,
+        K.to(device, torch.float32),
+        query.shape[1],
+        query.shape[0],
+        config,
+        _schedule(config),
+        frame,
+        config.record_every,
+    )
     cand = Candidate(-1, float("nan"), vm0[0].cpu(), vm0[0].cpu(), float("inf"))
-    return _result(hist, vm0[0], K, query, [cand], 0, torch.zeros(0, 1), frame, 0,
-                   {"coarse": 0.0, "hypotheses": 0.0, "refine": time.perf_counter() - t0})
+    return _result(
+        hist,
+        vm0[0],
+        K,
+        query,
+        [cand],
+        0,
+        torch.zeros(0, 1),
+        frame,
+        0,
+        {"coarse": 0.0, "hypotheses": 0.0, "refine": time.perf_counter() - t0},
+    )
 
 
 def _result(hist, viewmat_init, K, query, candidates, chosen, short_losses, frame, j, timings) -> PoseResult:
     timings = dict(timings, total=sum(timings.values()))
     return PoseResult(
-        viewmat=hist["best_viewmats"][0].cpu(), viewmat_init=viewmat_init.detach().cpu(), K=K.detach().cpu(),
-        width=query.shape[1], height=query.shape[0], candidates=candidates, chosen=chosen,
-        losses=hist["losses"][:, 0], viewmats=hist["viewmats"][:, 0].cpu(), scales=hist["scales"],
-        short_losses=short_losses, renders=hist["renders"], timings=timings, loss=float(hist["best"][0]),
-        stopped_early=hist["stopped"], translation_scale=float(frame[0][j]), pivot_depth=float(frame[1][j]),
+        viewmat=hist["best_viewmats"][0].cpu(),
+        viewmat_init=viewmat_init.detach().cpu(),
+        K=K.detach().cpu(),
+        width=query.shape[1],
+        height=query.shape[0],
+        candidates=candidates,
+        chosen=chosen,
+        losses=hist["losses"][:, 0],
+        viewmats=hist["viewmats"][:, 0].cpu(),
+        scales=hist["scales"],
+        short_losses=short_losses,
+        renders=hist["renders"],
+        timings=timings,
+        loss=float(hist["best"][0]),
+        stopped_early=hist["stopped"],
+        translation_scale=float(frame[0][j]),
+        pivot_depth=float(frame[1][j]),
     )
 
 
-def estimate_pose(query: Tensor, splats, retriever: Retriever, config: PoseConfig = PoseConfig(), device=None,
-                  exclude: list[int] | None = None) -> PoseResult:
+def estimate_pose(
+    query: Tensor,
+    splats,
+    retriever: Retriever,
+    config: PoseConfig = PoseConfig(),
+    device=None,
+    exclude: list[int] | None = None,
+) -> PoseResult:
     """The pose of a query image: coarse retrieval, brief refinement of k hypotheses, full refinement.
 
     Args:
@@ -454,20 +552,51 @@ def _estimate(query, splats, retriever, config, device, exclude) -> PoseResult:
     best_short = torch.full((len(idx),), float("inf"))
     if len(idx) > 1 and config.short_steps > 0:
         short_cfg = dataclasses.replace(config, early_stop_patience=0)
-        h = _optimise(params, degree, q, starts, K, cams.width, cams.height, short_cfg,
-                      [(config.short_scale, config.short_steps)], frame)
+        h = _optimise(
+            params,
+            degree,
+            q,
+            starts,
+            K,
+            cams.width,
+            cams.height,
+            short_cfg,
+            [(config.short_scale, config.short_steps)],
+            frame,
+        )
         short, best_short, after = h["losses"], h["best"], h["best_viewmats"]
         chosen = int(torch.argmin(best_short))
     t2 = time.perf_counter()
-    hist = _optimise(params, degree, q, after[chosen : chosen + 1], K, cams.width, cams.height, config,
-                     _schedule(config), tuple(f[chosen : chosen + 1] for f in frame), config.record_every)
+    hist = _optimise(
+        params,
+        degree,
+        q,
+        after[chosen : chosen + 1],
+        K,
+        cams.width,
+        cams.height,
+        config,
+        _schedule(config),
+        tuple(f[chosen : chosen + 1] for f in frame),
+        config.record_every,
+    )
     t3 = time.perf_counter()
     candidates = [
         Candidate(int(i), float(v), starts[j].cpu(), after[j].detach().cpu(), float(best_short[j]))
         for j, (i, v) in enumerate(zip(idx.tolist(), sim.tolist(), strict=True))
     ]
-    return _result(hist, after[chosen], K, query, candidates, chosen, short, frame, chosen,
-                   {"coarse": t1 - t0, "hypotheses": t2 - t1, "refine": t3 - t2})
+    return _result(
+        hist,
+        after[chosen],
+        K,
+        query,
+        candidates,
+        chosen,
+        short,
+        frame,
+        chosen,
+        {"coarse": t1 - t0, "hypotheses": t2 - t1, "refine": t3 - t2},
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -498,16 +627,28 @@ class PoseEvaluation:
     def summary(self) -> dict:
         """AUCs in percent, medians and mean seconds per query, as plain floats."""
         return {
-            "auc5": 100.0 * self.auc[5], "auc10": 100.0 * self.auc[10], "auc20": 100.0 * self.auc[20],
-            "median_rot_deg": float(self.rot_deg.median()), "median_trans": float(self.trans.median()),
-            "seconds_per_query": float(self.seconds.mean()), "n": len(self.rot_deg),
+            "auc5": 100.0 * self.auc[5],
+            "auc10": 100.0 * self.auc[10],
+            "auc20": 100.0 * self.auc[20],
+            "median_rot_deg": float(self.rot_deg.median()),
+            "median_trans": float(self.trans.median()),
+            "seconds_per_query": float(self.seconds.mean()),
+            "n": len(self.rot_deg),
             "diverged": int((~torch.isfinite(self.rot_deg)).sum()),
         }
 
 
-def evaluate_poses(splats, retriever: Retriever, queries: Tensor, gt_viewmats: Tensor,
-                   config: PoseConfig = PoseConfig(), device=None, exclude: list[list[int]] | None = None,
-                   names: list[str] | None = None, keep_results: bool = False) -> PoseEvaluation:
+def evaluate_poses(
+    splats,
+    retriever: Retriever,
+    queries: Tensor,
+    gt_viewmats: Tensor,
+    config: PoseConfig = PoseConfig(),
+    device=None,
+    exclude: list[list[int]] | None = None,
+    names: list[str] | None = None,
+    keep_results: bool = False,
+) -> PoseEvaluation:
     """Estimate the pose of every query and compare it with the ground truth.
 
     Ground truth comes from held-out training views (``retriever.cameras`` with ``exclude=[[i], ...]``) or
@@ -529,12 +670,16 @@ def evaluate_poses(splats, retriever: Retriever, queries: Tensor, gt_viewmats: T
     from splatlab.metrics import pose_auc
 
     if len(queries) != len(gt_viewmats) or len(queries) == 0:
-        raise ValueError(f"queries [{len(queries)}] and gt_viewmats [{len(gt_viewmats)}] must be non-empty and match")
+        raise ValueError(
+            f"queries [{len(queries)}] and gt_viewmats [{len(gt_viewmats)}] must be non-empty and match"
+        )
     rot, trans, secs, results = [], [], [], []
     for i in tqdm(range(len(queries)), desc="poses", leave=False):
         t0 = time.perf_counter()
         try:
-            res = estimate_pose(queries[i], splats, retriever, config, device, None if exclude is None else exclude[i])
+            res = estimate_pose(
+                queries[i], splats, retriever, config, device, None if exclude is None else exclude[i]
+            )
         except PoseDivergedError as exc:
             log.warning("query %d diverged: %s", i, exc)
             rot.append(float("inf")), trans.append(float("inf")), results.append(None)
@@ -543,9 +688,14 @@ def evaluate_poses(splats, retriever: Retriever, queries: Tensor, gt_viewmats: T
             rot.append(float(r)), trans.append(float(t)), results.append(res if keep_results else None)
         secs.append(time.perf_counter() - t0)
     rot_t = torch.tensor(rot, dtype=torch.float64)
-    return PoseEvaluation(rot_t, torch.tensor(trans, dtype=torch.float64), torch.tensor(secs),
-                          pose_auc(rot_t.numpy()), names or [str(i) for i in range(len(rot))],
-                          results if keep_results else None)
+    return PoseEvaluation(
+        rot_t,
+        torch.tensor(trans, dtype=torch.float64),
+        torch.tensor(secs),
+        pose_auc(rot_t.numpy()),
+        names or [str(i) for i in range(len(rot))],
+        results if keep_results else None,
+    )
 
 
 @dataclass
@@ -565,9 +715,17 @@ class BasinResult:
     success_deg: float
 
 
-def basin(splats, views, angles_deg=(2.0, 5.0, 10.0, 15.0, 20.0, 30.0), trials: int = 8,
-          config: PoseConfig = PoseConfig(), images: Tensor | None = None, success_deg: float = 2.0,
-          device=None, seed: int = 0) -> BasinResult:
+def basin(
+    splats,
+    views,
+    angles_deg=(2.0, 5.0, 10.0, 15.0, 20.0, 30.0),
+    trials: int = 8,
+    config: PoseConfig = PoseConfig(),
+    images: Tensor | None = None,
+    success_deg: float = 2.0,
+    device=None,
+    seed: int = 0,
+) -> BasinResult:
     """Start from true poses rotated by θ about a random axis; how often does refinement come back?
 
     Args:
@@ -585,8 +743,9 @@ def basin(splats, views, angles_deg=(2.0, 5.0, 10.0, 15.0, 20.0, 30.0), trials: 
         from splatlab.splats import render_splats
 
         with torch.no_grad():
-            images = render_splats(splats, views, background=torch.tensor(config.background),
-                                   backend=config.backend)[0].cpu()
+            images = render_splats(
+                splats, views, background=torch.tensor(config.background), backend=config.backend
+            )[0].cpu()
     errors = torch.full((len(angles_deg), trials), float("inf"), dtype=torch.float64)
     for a, theta in enumerate(angles_deg):
         for t in range(trials):
@@ -597,5 +756,9 @@ def basin(splats, views, angles_deg=(2.0, 5.0, 10.0, 15.0, 20.0, 30.0), trials: 
             except PoseDivergedError:
                 continue
             errors[a, t] = pose_error(res.viewmat.double(), gt.double())[0]
-    return BasinResult(torch.tensor([float(x) for x in angles_deg]), (errors < success_deg).double().mean(1),
-                       errors, float(success_deg))
+    return BasinResult(
+        torch.tensor([float(x) for x in angles_deg]),
+        (errors < success_deg).double().mean(1),
+        errors,
+        float(success_deg),
+    )

@@ -7,8 +7,8 @@ Two methods, chosen by name:
   (:func:`splatlab.features.global_descriptor`: stages pooled to a coarse grid, so the descriptor changes
   with the viewpoint). One network pass per query and a matrix product; the default.
 - ``"sift"``: OpenCV SIFT keypoints, mutual nearest neighbours and Lowe's ratio test; the similarity is the
-  number of matches that pass. It needs no learned weights and mirrors SplatPose's idea of counting LoFTR matches against every
-  training view (LoFTR's weights are not available offline).
+  number of matches that pass. It needs no learned weights and mirrors SplatPose's idea of counting LoFTR
+  matches against every training view (LoFTR's weights are not available offline).
 
 The descriptors of the training views are computed once and cached on disk as a ``.pt`` file whose name
 holds a hash of the views (images, cameras) and of the method's settings, so a changed model or data set
@@ -105,7 +105,9 @@ class Retriever:
         images: The training views, kept for display and for held-out evaluation. [V, H, W, 3]
     """
 
-    def __init__(self, cameras: Cameras, method: str, descriptors, settings: dict, images: Tensor | None = None):
+    def __init__(
+        self, cameras: Cameras, method: str, descriptors, settings: dict, images: Tensor | None = None
+    ):
         self.cameras = cameras
         self.method = method
         self.descriptors = descriptors
@@ -147,11 +149,15 @@ class Retriever:
             raise ValueError(f"cameras has {len(cameras)} views but images has {len(images)}")
         if (cameras.height, cameras.width) != tuple(images.shape[1:3]):
             raise ValueError(
-                f"cameras are {cameras.height}x{cameras.width} but images are {images.shape[1]}x{images.shape[2]}"
+                f"cameras are {cameras.height}x{cameras.width} "
+                f"but images are {images.shape[1]}x{images.shape[2]}"
             )
         device = images.device if device is None else torch.device(device)
-        settings = {"stages": tuple(int(s) for s in stages), "grid": int(grid)} if method == "features" \
+        settings = (
+            {"stages": tuple(int(s) for s in stages), "grid": int(grid)}
+            if method == "features"
             else {"ratio": float(ratio)}
+        )
         path = None
         if cache_dir is not None:
             cache_dir = Path(cache_dir)
@@ -191,13 +197,16 @@ class Retriever:
         if self.method == "features":
             from splatlab.features import global_descriptor
 
-            q = global_descriptor(query[None].to(self.descriptors.device), self.settings["stages"],
-                                  self.settings["grid"])[0]
+            q = global_descriptor(
+                query[None].to(self.descriptors.device), self.settings["stages"], self.settings["grid"]
+            )[0]
             return (self.descriptors @ q).float().cpu()
         q = _sift_descriptors(query)
         return torch.tensor([float(_count_matches(q, d, self.settings["ratio"])) for d in self.descriptors])
 
-    def top_k(self, query: Tensor, k: int = 1, exclude: Tensor | list[int] | None = None) -> tuple[Tensor, Tensor]:
+    def top_k(
+        self, query: Tensor, k: int = 1, exclude: Tensor | list[int] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The ``k`` most similar training views, best first.
 
         Args:
@@ -230,7 +239,9 @@ def _feature_descriptors(images: Tensor, settings: dict, device, batch: int = 32
     from splatlab.features import global_descriptor
 
     out = [
-        global_descriptor(images[i : i + batch].to(device), settings["stages"], settings["grid"], device=device)
+        global_descriptor(
+            images[i : i + batch].to(device), settings["stages"], settings["grid"], device=device
+        )
         for i in range(0, len(images), batch)
     ]
     return torch.cat(out)
@@ -258,6 +269,7 @@ def _count_matches(a: np.ndarray, b: np.ndarray, ratio: float) -> int:
     back = {m.queryIdx: m.trainIdx for m in matcher.match(b, a)}  # best a for every b
     pairs = matcher.knnMatch(a, b, k=2)
     return sum(
-        1 for p in pairs
+        1
+        for p in pairs
         if len(p) == 2 and p[0].distance < ratio * p[1].distance and back.get(p[0].trainIdx) == p[0].queryIdx
     )

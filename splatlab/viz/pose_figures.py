@@ -42,7 +42,11 @@ def refinement_figure(result, gt_viewmat: Tensor | None = None):
             idx = steps[scales == s]
             ax.axvspan(idx.min() - 0.5, idx.max() + 0.5, color="0.9", zorder=0)
             ax.text(idx.mean(), ax.get_ylim()[1], f"×{s:g}", ha="center", va="top", fontsize=8)
-    ax.set(xlabel="step", ylabel="loss", title="Refinement loss" + (" (stopped early)" if result.stopped_early else ""))
+    ax.set(
+        xlabel="step",
+        ylabel="loss",
+        title="Refinement loss" + (" (stopped early)" if result.stopped_early else ""),
+    )
     if gt_viewmat is not None:
         rot, trans = errors_per_step(result, gt_viewmat)
         ax2 = axes[0, 1]
@@ -113,8 +117,12 @@ def basin_figure(basin_result, title: str = "Basin of convergence"):
     fig, axes = _figure()
     ax = axes[0, 0]
     ax.plot(basin_result.angles_deg.numpy(), 100 * basin_result.rates.numpy(), "o-")
-    ax.set(xlabel="starting rotation error (°)", ylabel=f"converged (< {basin_result.success_deg:g}°) %",
-           ylim=(-5, 105), title=title)
+    ax.set(
+        xlabel="starting rotation error (°)",
+        ylabel=f"converged (< {basin_result.success_deg:g}°) %",
+        ylim=(-5, 105),
+        title=title,
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -132,7 +140,9 @@ def error_cdf_figure(rot_errors_deg: dict[str, Tensor], max_deg: float = 20.0):
     for label, e in rot_errors_deg.items():
         e = np.sort(np.asarray(e, dtype=float))
         ax.step(np.concatenate([[0], e]), np.arange(len(e) + 1) / len(e), where="post", label=label)
-    ax.set(xlim=(0, max_deg), ylim=(0, 1.02), xlabel="rotation error (°)", ylabel="recall", title="Pose recall")
+    ax.set(
+        xlim=(0, max_deg), ylim=(0, 1.02), xlabel="rotation error (°)", ylabel="recall", title="Pose recall"
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
