@@ -131,7 +131,8 @@ def test_empty_and_culled_scenes(two_cameras):
 def test_default_strategy_steps_on_cpu_render(two_cameras):
     from gsplat.strategy import DefaultStrategy
 
-    from splatlab.splats import activated, random_splats
+    from splatlab.cameras import Cameras
+    from splatlab.splats import random_splats, render_splats
 
     viewmats, Ks, W, H = two_cameras
     splats = random_splats(300, extent=0.5, seed=0)
@@ -140,21 +141,10 @@ def test_default_strategy_steps_on_cpu_render(two_cameras):
     state = strategy.initialize_state()
     strategy.check_sanity(splats, optimizers)
 
+    cameras = Cameras(viewmats, Ks, W, H)
+
     def step():
-        p = activated(splats)
-        return render(
-            p["means"],
-            p["quats"],
-            p["scales"],
-            p["opacities"],
-            p["colors"],
-            viewmats,
-            Ks,
-            W,
-            H,
-            sh_degree=0,
-            backend="torch",
-        )
+        return render_splats(splats, cameras, backend="torch")
 
     step()[0].mean().backward()  # one plain step, so that Adam has state to keep consistent
     for opt in optimizers.values():
