@@ -6,6 +6,9 @@ Tiny scenes only; no timings here (see benchmarks/render.py).
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -485,3 +488,28 @@ def test_parallel_and_serial_paths_agree(monkeypatch):
     assert torch.equal(img_s, img_p) and torch.equal(alpha_s, alpha_p)
     for k in g_s:
         _close(g_p[k], g_s[k], 1e-6, 1e-9, k)
+
+
+def test_threading_layer_prefers_tbb_then_workqueue():
+    # a fresh process: the layer is fixed by the first parallel launch
+    code = (
+        "import importlib.metadata, numba, torch\n"
+        "from splatlab.render import render\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "n = 20000\n"
+        "V = torch.eye(4)[None].clone()\n"
+        "V[0, 2, 3] = 3.0\n"
+        "means, quats = torch.randn(n, 3, generator=g) * 0.3, torch.randn(n, 4, generator=g)\n"
+        "render(means, quats, torch.full((n, 3), 0.02), torch.full((n,), 0.5), torch.rand(n, 3), V,\n"
+        "       torch.tensor([[[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]]]), 64, 64, backend='cpu')\n"
+        "try:\n"
+        "    has_tbb = bool(importlib.metadata.version('tbb'))\n"
+        "except importlib.metadata.PackageNotFoundError:\n"
+        "    has_tbb = False\n"
+        "print(numba.threading_layer(), has_tbb)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    layer, has_tbb = out.stdout.split()
+    assert layer == ("tbb" if has_tbb == "True" else "workqueue")

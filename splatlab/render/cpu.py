@@ -19,10 +19,12 @@ How the kernel is organised (and why it is fast on a laptop CPU):
 - Binning is a counting sort: Gaussians are sorted by depth once per camera (LSD radix sort on the float
   bits), counted per tile, and then distributed to the tiles in depth order, so every tile's list comes
   out already sorted. No 64-bit ``tile|depth`` key sort.
-- Compositing works on one 16-pixel tile row at a time, with branch-free selects and a cheap, vectorisable
-  ``exp`` (Cody–Waite range reduction + degree-6 polynomial, ~1e-7 relative error), so LLVM emits AVX code.
-  Rows that a Gaussian cannot reach (its alpha on that row is provably below 1/255) are skipped.
-- Tiles are processed in parallel (``prange``), heaviest first, with dynamic scheduling; the backward
+- Compositing works on 16-pixel tile rows, with branch-free selects and a cheap, vectorisable ``exp``
+  (Cody–Waite range reduction + degree-6 polynomial, ~1e-7 relative error), so LLVM emits AVX code. It is
+  Gaussian-major: each Gaussian (in depth order) visits only the tile rows it can reach, an interval solved
+  once per Gaussian (elsewhere its alpha is provably below 1/255), while every row keeps its own
+  transmittance; the tile stops when all its rows have.
+- Tiles are processed in parallel, one part per thread, balanced by their list lengths; the backward
   writes into per-thread gradient buffers that are summed at the end: no atomics.
 - Everything runs in float32 (inputs of other dtypes are converted, and outputs converted back); the
   forward saves the tile bins, per-pixel final transmittance and last contributing index for the backward.
@@ -58,6 +60,7 @@ _T_MIN = np.float32(1e-4)
 _EXTENT = 3.33
 _ROW_SKIP_MARGIN = 1e-3
 _LANES = 16  # pixels per vectorised row segment
+_TILE_COST = 32  # a tile's fixed cost for load balancing, in units of one Gaussian in its list
 # Below this many Gaussian-camera pairs the projection (and below 4x as many tile entries, the binning) runs
 # on one thread: waking a second thread costs ~0.05 ms on an idle machine but up to a scheduler time slice on
 # a busy one, more than the ~0.1 ms of work.
@@ -732,6 +735,37 @@ def _bin_fill_serial(means2d, radii, ts, tw, th, order, nvalid, offsets, bins):
         _bin_fill_part(c, 0, th, means2d, radii, ts, tw, th, order, nvalid, offsets, bins)
 
 
+@njit(cache=True)
+def _balance(tiles, cost, nparts):
+    """Split the tiles (heaviest first) into ``nparts`` parts of similar total cost, greedily (LPT).
+
+    Numba splits a ``prange`` statically into equal contiguous ranges (``parallel_chunksize`` did not make
+    it dynamic here), so a heaviest-first tile list gave one thread all the heavy tiles: 2.7 ms instead of
+    1.7 ms for a 128² forward on 2 threads. The kernels run one part per thread instead.
+
+    Returns:
+        The tiles reordered part by part (heaviest first within a part) and the parts' starts [nparts + 1].
+    """
+    nt = tiles.shape[0]
+    load = np.zeros(nparts, np.int64)
+    size = np.zeros(nparts, np.int64)
+    part = np.empty(nt, np.int64)
+    for q in range(nt):
+        b = np.argmin(load)
+        part[q] = b
+        load[b] += cost[q]
+        size[b] += 1
+    starts = np.zeros(nparts + 1, np.int64)
+    starts[1:] = np.cumsum(size)
+    cursor = starts[:-1].copy()
+    out = np.empty_like(tiles)
+    for q in range(nt):
+        b = part[q]
+        out[cursor[b]] = tiles[q]
+        cursor[b] += 1
+    return out, starts
+
+
 # --------------------------------------------------------------------------------------------------------
 # rasterization
 # --------------------------------------------------------------------------------------------------------
@@ -771,89 +805,140 @@ def _gather(means2d, conics, colors, opac, bins, start, n, c, D):
     return par, col
 
 
+@njit(inline="always", cache=True, fastmath=_FM)
+def _row_span(par, k, top, hrow):
+    """Tile rows ``lo..hi`` (inclusive; empty when hi < lo) that Gaussian k can reach.
+
+    The row-skip test ``kk dy^2 > ln(255 o)`` (see :func:`_gather`) is convex in the row offset dy, so the
+    rows that pass it form an interval, solved once per Gaussian and padded so that it only errs on the
+    inclusive side (an extra row costs time, never accuracy: its alphas are below 1/255). ``top`` is the
+    first row's pixel centre.
+    """
+    kk = par[k, 6]
+    thr = par[k, 7]
+    if thr < _F0:
+        return 0, -1
+    lo = 0
+    hi = hrow - 1
+    if kk > _F0:
+        h = np.float32(math.sqrt(thr / kk)) * np.float32(1.0001) + np.float32(1e-3)
+        my = par[k, 1] - top
+        lo = max(lo, math.ceil(max(my - h, np.float32(-1.0))))  # clamped first: h may be huge
+        hi = min(hi, math.floor(min(my + h, np.float32(hrow))))
+    return lo, hi
+
+
 @njit(parallel=True, cache=True, fastmath=_FM)
 def _raster_fwd(
-    means2d, conics, colors, opac, bg, offsets, bins, tiles, W, H, ts, tw, out_col, out_alpha, out_T, out_last
+    means2d,
+    conics,
+    colors,
+    opac,
+    bg,
+    offsets,
+    bins,
+    tiles,
+    starts,
+    W,
+    H,
+    ts,
+    tw,
+    out_col,
+    out_alpha,
+    out_T,
+    out_last,
 ):
     C, N, D = colors.shape
     T = (offsets.shape[0] - 1) // C
     L = _LANES
     nseg = (ts + L - 1) // L
-    for q in prange(tiles.shape[0]):
-        tid = tiles[q]
-        c = tid // T
-        tile = tid - c * T
-        ty = tile // tw
-        tx = tile - ty * tw
-        start = offsets[tid]
-        n = offsets[tid + 1] - start
-        par, col = _gather(means2d, conics, colors, opac, bins, start, n, c, D)
-        x0 = tx * ts
-        y0 = ty * ts
-        xend = min(x0 + ts, W)
-        hrow = min(ts, H - y0)
-        pxs = np.empty(L, np.float32)
-        Tr = np.empty(L, np.float32)
-        act = np.empty(L, np.float32)
-        lastf = np.empty(L, np.float32)
-        wgt = np.empty(L, np.float32)
-        acc = np.empty((D, L), np.float32)
-        for seg in range(nseg):  # 16-pixel segments of a tile row (one for 16x16 tiles)
-            xs = x0 + seg * L
-            if xs >= xend:
-                break
-            nl = min(L, xend - xs)
-            for p in range(L):
-                pxs[p] = np.float32(xs + p) + _HALF
-            for r in range(hrow):
-                y = y0 + r
-                py = np.float32(y) + _HALF
+    for part in prange(starts.shape[0] - 1):  # one part per thread (see _balance)
+        for q in range(starts[part], starts[part + 1]):
+            tid = tiles[q]
+            c = tid // T
+            tile = tid - c * T
+            ty = tile // tw
+            tx = tile - ty * tw
+            start = offsets[tid]
+            n = offsets[tid + 1] - start
+            par, col = _gather(means2d, conics, colors, opac, bins, start, n, c, D)
+            x0 = tx * ts
+            y0 = ty * ts
+            xend = min(x0 + ts, W)
+            hrow = min(ts, H - y0)
+            top = np.float32(y0) + _HALF
+            pxs = np.empty(L, np.float32)
+            wgt = np.empty(L, np.float32)
+            # per-row state of one 16-pixel segment of every tile row
+            Tr = np.empty((hrow, L), np.float32)
+            act = np.empty((hrow, L), np.float32)
+            lastf = np.empty((hrow, L), np.float32)
+            acc = np.empty((hrow, D, L), np.float32)
+            done = np.empty(hrow, np.bool_)
+            for seg in range(nseg):  # 16-pixel segments of the tile rows (one for 16x16 tiles)
+                xs = x0 + seg * L
+                if xs >= xend:
+                    break
+                nl = min(L, xend - xs)
                 for p in range(L):
-                    Tr[p] = _F1
-                    act[p] = _F1 if p < nl else _F0
-                    lastf[p] = np.float32(-1.0)
-                acc[:, :] = _F0
+                    pxs[p] = np.float32(xs + p) + _HALF
+                for r in range(hrow):
+                    done[r] = False
+                    for p in range(L):
+                        Tr[r, p] = _F1
+                        act[r, p] = _F1 if p < nl else _F0
+                        lastf[r, p] = np.float32(-1.0)
+                acc[:, :, :] = _F0
+                ndone = 0
+                # Gaussian-major: each Gaussian visits only the rows it can reach, in depth order per row
                 for k in range(n):
-                    dy = par[k, 1] - py
-                    if par[k, 6] * dy * dy > par[k, 7]:
-                        continue
+                    lo, hi = _row_span(par, k, top, hrow)
                     kf = np.float32(k)
                     mx = par[k, 0]
                     ha = par[k, 2]
-                    bdy = par[k, 3] * dy
-                    hcdy2 = par[k, 4] * dy * dy
                     o = par[k, 5]
-                    nact = _F0
-                    for p in range(L):  # branch-free, float-only: LLVM vectorises this
-                        dx = mx - pxs[p]
-                        sigma = (ha * dx + bdy) * dx + hcdy2
-                        alpha = min(_ALPHA_MAX, o * _exp_neg(max(sigma, _F0)))
-                        t0 = Tr[p]
-                        nT = t0 * (_F1 - alpha)
-                        a0 = act[p]
-                        ok = (sigma >= _F0) & (alpha >= _ALPHA_MIN) & (a0 > _F0)
-                        cm = _F1 if ok & (nT > _T_MIN) else _F0  # contributes
-                        sm = _F1 if ok & (nT <= _T_MIN) else _F0  # stops here (exclusive)
-                        wgt[p] = alpha * t0 * cm
-                        Tr[p] = t0 * (_F1 - alpha * cm)
-                        lastf[p] = max(lastf[p], kf * cm - (_F1 - cm))
-                        a1 = a0 * (_F1 - sm)
-                        act[p] = a1
-                        nact += a1
-                    for d in range(D):
-                        cd = col[k, d]
-                        for p in range(L):
-                            acc[d, p] += wgt[p] * cd
-                    if nact == _F0:
+                    for r in range(lo, hi + 1):
+                        if done[r]:
+                            continue
+                        dy = par[k, 1] - (top + np.float32(r))
+                        bdy = par[k, 3] * dy
+                        hcdy2 = par[k, 4] * dy * dy
+                        nact = _F0
+                        for p in range(L):  # branch-free, float-only: LLVM vectorises this
+                            dx = mx - pxs[p]
+                            sigma = (ha * dx + bdy) * dx + hcdy2
+                            alpha = min(_ALPHA_MAX, o * _exp_neg(max(sigma, _F0)))
+                            t0 = Tr[r, p]
+                            nT = t0 * (_F1 - alpha)
+                            a0 = act[r, p]
+                            ok = (sigma >= _F0) & (alpha >= _ALPHA_MIN) & (a0 > _F0)
+                            cm = _F1 if ok & (nT > _T_MIN) else _F0  # contributes
+                            sm = _F1 if ok & (nT <= _T_MIN) else _F0  # stops here (exclusive)
+                            wgt[p] = alpha * t0 * cm
+                            Tr[r, p] = t0 * (_F1 - alpha * cm)
+                            lastf[r, p] = max(lastf[r, p], kf * cm - (_F1 - cm))
+                            a1 = a0 * (_F1 - sm)
+                            act[r, p] = a1
+                            nact += a1
+                        for d in range(D):
+                            cd = col[k, d]
+                            for p in range(L):
+                                acc[r, d, p] += wgt[p] * cd
+                        if nact == _F0:  # every pixel of this row segment has stopped
+                            done[r] = True
+                            ndone += 1
+                    if ndone == hrow:
                         break
-                for p in range(nl):
-                    x = xs + p
-                    t = Tr[p]
-                    for d in range(D):
-                        out_col[c, y, x, d] = acc[d, p] + t * bg[c, d]
-                    out_alpha[c, y, x, 0] = _F1 - t
-                    out_T[c, y, x] = t
-                    out_last[c, y, x] = np.int32(lastf[p])
+                for r in range(hrow):
+                    y = y0 + r
+                    for p in range(nl):
+                        x = xs + p
+                        t = Tr[r, p]
+                        for d in range(D):
+                            out_col[c, y, x, d] = acc[r, d, p] + t * bg[c, d]
+                        out_alpha[c, y, x, 0] = _F1 - t
+                        out_T[c, y, x] = t
+                        out_last[c, y, x] = np.int32(lastf[r, p])
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
@@ -866,6 +951,7 @@ def _raster_bwd(
     offsets,
     bins,
     tiles,
+    starts,
     W,
     H,
     ts,
@@ -881,135 +967,143 @@ def _raster_bwd(
     L = _LANES
     nseg = (ts + L - 1) // L
     nthr = gbuf.shape[0]
-    for q in prange(tiles.shape[0]):
-        thr = numba.get_thread_id() % nthr
-        tid = tiles[q]
-        c = tid // T
-        tile = tid - c * T
-        ty = tile // tw
-        tx = tile - ty * tw
-        start = offsets[tid]
-        n = offsets[tid + 1] - start
-        par, col = _gather(means2d, conics, colors, opac, bins, start, n, c, D)
-        tg = np.zeros((n, 6 + D), np.float32)
-        x0 = tx * ts
-        y0 = ty * ts
-        xend = min(x0 + ts, W)
-        hrow = min(ts, H - y0)
-        pxs = np.empty(L, np.float32)
-        Tf = np.empty(L, np.float32)
-        Tc = np.empty(L, np.float32)
-        lastf = np.empty(L, np.float32)
-        vc = np.empty((D, L), np.float32)
-        vbase = np.empty(L, np.float32)
-        buf = np.empty((D, L), np.float32)
-        dxa = np.empty(L, np.float32)
-        visa = np.empty(L, np.float32)
-        raa = np.empty(L, np.float32)
-        faca = np.empty(L, np.float32)
-        msk = np.empty(L, np.float32)
-        vac = np.empty(L, np.float32)
-        for seg in range(nseg):
-            xs = x0 + seg * L
-            if xs >= xend:
-                break
-            nl = min(L, xend - xs)
-            for p in range(L):
-                pxs[p] = np.float32(xs + p) + _HALF
-            for r in range(hrow):
-                y = y0 + r
-                py = np.float32(y) + _HALF
-                kmax = -1
+    for part in prange(starts.shape[0] - 1):  # one part per thread (see _balance)
+        for q in range(starts[part], starts[part + 1]):
+            thr = numba.get_thread_id() % nthr
+            tid = tiles[q]
+            c = tid // T
+            tile = tid - c * T
+            ty = tile // tw
+            tx = tile - ty * tw
+            start = offsets[tid]
+            n = offsets[tid + 1] - start
+            par, col = _gather(means2d, conics, colors, opac, bins, start, n, c, D)
+            tg = np.zeros((n, 6 + D), np.float32)
+            x0 = tx * ts
+            y0 = ty * ts
+            xend = min(x0 + ts, W)
+            hrow = min(ts, H - y0)
+            top = np.float32(y0) + _HALF
+            pxs = np.empty(L, np.float32)
+            # per-row state of one 16-pixel segment of every tile row
+            Tc = np.empty((hrow, L), np.float32)  # transmittance behind the current Gaussian
+            lastf = np.empty((hrow, L), np.float32)
+            vc = np.empty((hrow, D, L), np.float32)
+            vbase = np.empty((hrow, L), np.float32)
+            buf = np.empty((hrow, D, L), np.float32)  # colour accumulated behind the current Gaussian
+            kmaxr = np.empty(hrow, np.int64)
+            # per-lane scratch of one Gaussian on one row
+            dxa = np.empty(L, np.float32)
+            visa = np.empty(L, np.float32)
+            raa = np.empty(L, np.float32)
+            faca = np.empty(L, np.float32)
+            msk = np.empty(L, np.float32)
+            vac = np.empty(L, np.float32)
+            for seg in range(nseg):
+                xs = x0 + seg * L
+                if xs >= xend:
+                    break
+                nl = min(L, xend - xs)
                 for p in range(L):
-                    if p < nl:
-                        x = xs + p
-                        Tf[p] = out_T[c, y, x]
-                        lp = out_last[c, y, x]
-                        kmax = max(kmax, lp)
-                        lastf[p] = np.float32(lp)
-                        vb = _F0
-                        for d in range(D):
-                            g = v_col[c, y, x, d]
-                            vc[d, p] = g
-                            vb += g * bg[c, d]
-                        # alpha output and background both scale with T_final
-                        vbase[p] = Tf[p] * (v_alpha[c, y, x, 0] - vb)
-                    else:
-                        Tf[p] = _F1
-                        lastf[p] = np.float32(-1.0)
-                        for d in range(D):
-                            vc[d, p] = _F0
-                        vbase[p] = _F0
-                    Tc[p] = Tf[p]
-                buf[:, :] = _F0
-                for k in range(kmax, -1, -1):  # back to front
-                    dy = par[k, 1] - py
-                    if par[k, 6] * dy * dy > par[k, 7]:
-                        continue
+                    pxs[p] = np.float32(xs + p) + _HALF
+                kmax = -1
+                for r in range(hrow):
+                    y = y0 + r
+                    km = -1
+                    for p in range(L):
+                        if p < nl:
+                            x = xs + p
+                            tf = out_T[c, y, x]
+                            lp = out_last[c, y, x]
+                            km = max(km, lp)
+                            lastf[r, p] = np.float32(lp)
+                            vb = _F0
+                            for d in range(D):
+                                g = v_col[c, y, x, d]
+                                vc[r, d, p] = g
+                                vb += g * bg[c, d]
+                            # alpha output and background both scale with T_final
+                            vbase[r, p] = tf * (v_alpha[c, y, x, 0] - vb)
+                            Tc[r, p] = tf
+                        else:
+                            lastf[r, p] = np.float32(-1.0)
+                            for d in range(D):
+                                vc[r, d, p] = _F0
+                            vbase[r, p] = _F0
+                            Tc[r, p] = _F1
+                    kmaxr[r] = km
+                    kmax = max(kmax, km)
+                buf[:, :, :] = _F0
+                # Gaussian-major, back to front: each Gaussian visits only the rows it can reach
+                for k in range(kmax, -1, -1):
+                    lo, hi = _row_span(par, k, top, hrow)
                     kf = np.float32(k)
                     mx = par[k, 0]
                     ha = par[k, 2]
                     b = par[k, 3]
-                    bdy = b * dy
                     hc = par[k, 4]
-                    hcdy2 = hc * dy * dy
                     o = par[k, 5]
-                    cnt = _F0
-                    for p in range(L):
-                        dx = mx - pxs[p]
-                        sigma = (ha * dx + bdy) * dx + hcdy2
-                        vis = _exp_neg(max(sigma, _F0))
-                        alpha = min(_ALPHA_MAX, o * vis)
-                        m = _F1 if (sigma >= _F0) & (alpha >= _ALPHA_MIN) & (kf <= lastf[p]) else _F0
-                        ra = _F1 / (_F1 - alpha)
-                        t1 = Tc[p] * (ra * m + (_F1 - m))  # T before this Gaussian
-                        Tc[p] = t1
-                        faca[p] = alpha * t1 * m
-                        msk[p] = m * (_F1 if o * vis <= _ALPHA_MAX else _F0)  # no gradient through the clamp
-                        dxa[p] = dx
-                        visa[p] = vis
-                        raa[p] = ra
-                        vac[p] = vbase[p] * ra
-                        cnt += m
-                    if cnt == _F0:
-                        continue
-                    for d in range(D):
-                        cd = col[k, d]
-                        s = _F0
-                        for p in range(L):
-                            g = vc[d, p]
-                            vac[p] += (cd * Tc[p] - buf[d, p] * raa[p]) * g
-                            s += faca[p] * g
-                            buf[d, p] += cd * faca[p]
-                        tg[k, 6 + d] += s
-                    sa = _F0
-                    sx = _F0
-                    s0 = _F0
-                    so = _F0
-                    for p in range(L):
-                        dx = dxa[p]
-                        mv = msk[p] * visa[p] * vac[p]  # d loss / d sigma = -o * mv
-                        sa += mv * dx * dx
-                        sx += mv * dx
-                        s0 += mv
-                        so += mv
-                    # with v_sigma = -o * mv summed over the row's pixels:
-                    # v_conic = (1/2 v_sigma dx^2, v_sigma dx dy, 1/2 v_sigma dy^2),
-                    # v_mean2d = v_sigma * (a dx + b dy, b dx + c dy)
                     a_ = ha + ha
                     c_ = hc + hc
-                    tg[k, 0] += -o * (a_ * sx + b * dy * s0)
-                    tg[k, 1] += -o * (b * sx + c_ * dy * s0)
-                    tg[k, 2] += -o * _HALF * sa
-                    tg[k, 3] += -o * sx * dy
-                    tg[k, 4] += -o * _HALF * s0 * dy * dy
-                    tg[k, 5] += so
-        row = gbuf[thr]
-        base = c * N
-        for k in range(n):
-            g = base + bins[start + k]
-            for j in range(6 + D):
-                row[g, j] += tg[k, j]
+                    for r in range(lo, hi + 1):
+                        if k > kmaxr[r]:
+                            continue
+                        dy = par[k, 1] - (top + np.float32(r))
+                        bdy = b * dy
+                        hcdy2 = hc * dy * dy
+                        cnt = _F0
+                        for p in range(L):
+                            dx = mx - pxs[p]
+                            sigma = (ha * dx + bdy) * dx + hcdy2
+                            vis = _exp_neg(max(sigma, _F0))
+                            alpha = min(_ALPHA_MAX, o * vis)
+                            m = _F1 if (sigma >= _F0) & (alpha >= _ALPHA_MIN) & (kf <= lastf[r, p]) else _F0
+                            ra = _F1 / (_F1 - alpha)
+                            t1 = Tc[r, p] * (ra * m + (_F1 - m))  # T before this Gaussian
+                            Tc[r, p] = t1
+                            faca[p] = alpha * t1 * m
+                            # no gradient through the clamp
+                            msk[p] = m * (_F1 if o * vis <= _ALPHA_MAX else _F0)
+                            dxa[p] = dx
+                            visa[p] = vis
+                            raa[p] = ra
+                            vac[p] = vbase[r, p] * ra
+                            cnt += m
+                        if cnt == _F0:
+                            continue
+                        for d in range(D):
+                            cd = col[k, d]
+                            s = _F0
+                            for p in range(L):
+                                g = vc[r, d, p]
+                                vac[p] += (cd * Tc[r, p] - buf[r, d, p] * raa[p]) * g
+                                s += faca[p] * g
+                                buf[r, d, p] += cd * faca[p]
+                            tg[k, 6 + d] += s
+                        sa = _F0
+                        sx = _F0
+                        s0 = _F0
+                        for p in range(L):
+                            dx = dxa[p]
+                            mv = msk[p] * visa[p] * vac[p]  # d loss / d sigma = -o * mv
+                            sa += mv * dx * dx
+                            sx += mv * dx
+                            s0 += mv
+                        # with v_sigma = -o * mv summed over the row's pixels:
+                        # v_conic = (1/2 v_sigma dx^2, v_sigma dx dy, 1/2 v_sigma dy^2),
+                        # v_mean2d = v_sigma * (a dx + b dy, b dx + c dy)
+                        tg[k, 0] += -o * (a_ * sx + b * dy * s0)
+                        tg[k, 1] += -o * (b * sx + c_ * dy * s0)
+                        tg[k, 2] += -o * _HALF * sa
+                        tg[k, 3] += -o * sx * dy
+                        tg[k, 4] += -o * _HALF * s0 * dy * dy
+                        tg[k, 5] += s0
+            row = gbuf[thr]
+            base = c * N
+            for k in range(n):
+                g = base + bins[start + k]
+                for j in range(6 + D):
+                    row[g, j] += tg[k, j]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1022,21 +1116,26 @@ _KERNEL_LOCK = threading.RLock()
 
 
 def choose_threading_layer() -> None:
-    """Prefer Numba's ``workqueue`` threading layer, unless the user chose one or Numba's threads already run.
+    """Prefer Numba's ``tbb`` threading layer, then ``workqueue``; never OpenMP unless the user chose it.
 
-    Numba's default, OpenMP, spin-waits at the end of each parallel region. Next to torch's own OpenMP pool,
-    or with other processes on a 2-core machine, that cost ~8 ms per kernel launch here (measured), more
-    than a whole 128² render; ``workqueue`` launches in ~0.05 ms. The layer is fixed by Numba's first
-    parallel launch, and ``numba.get_num_threads()``/``set_num_threads()`` launch it too: code that calls
-    those before the first render should call this function first. Set ``NUMBA_THREADING_LAYER`` to override.
-    Called by :func:`project_cpu` and :func:`rasterize_cpu`.
+    Measured here (2 cores, a 5000-Gaussian 128² render, forward + backward, median): ``tbb`` 7.4 ms,
+    ``workqueue`` 11.5 ms (its caller thread sleeps while two workers run, and hand-offs are slow), and
+    ``omp`` 7.6 ms but it made torch's own single-threaded ops 2x slower for the rest of the process (two
+    OpenMP runtimes), so training was slowest with it. ``tbb`` comes from the PyPI package of that name (a
+    dependency on x86-64 Linux and Windows); without it Numba falls back to ``workqueue``.
+
+    The layer is fixed by Numba's first parallel launch, and ``numba.get_num_threads()`` and
+    ``set_num_threads()`` launch it too: code that calls those before the first render should call this
+    function first. Set ``NUMBA_THREADING_LAYER`` to override. Called by :func:`project_cpu` and
+    :func:`rasterize_cpu`.
     """
     if "NUMBA_THREADING_LAYER" in os.environ:
         return
     try:
         numba.threading_layer()  # raises ValueError until the first parallel launch
     except ValueError:
-        numba.config.THREADING_LAYER = "workqueue"
+        numba.config.THREADING_LAYER = "default"
+        numba.config.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]
 
 
 def _np32(t: torch.Tensor, name: str) -> np.ndarray:
@@ -1067,7 +1166,8 @@ def _grad_np(g: torch.Tensor | None, shape) -> np.ndarray:
 
 
 def _bin_gaussians(m2, rd, dp, ts, tw, th):
-    """Tile bins: ``offsets`` [C*T+1], depth-sorted ids ``bins``, non-empty ``tiles`` heaviest first."""
+    """Tile bins: ``offsets`` [C*T+1], depth-sorted ids ``bins``, and the non-empty ``tiles`` split into one
+    part per thread, ``tiles[starts[i]:starts[i + 1]]`` (see :func:`_balance`)."""
     C, N = dp.shape
     T = tw * th
     counts = np.zeros(C * T, np.int64)
@@ -1082,13 +1182,11 @@ def _bin_gaussians(m2, rd, dp, ts, tw, th):
         if bins.shape[0] < 4 * _SERIAL_BELOW:
             _bin_fill_serial(m2, rd, ts, tw, th, order, nvalid, offsets, bins)
         else:
-            with numba.parallel_chunksize(1):  # dynamic: a late thread must not hold the others up
-                _bin_fill(
-                    m2, rd, ts, tw, th, order, nvalid, offsets, bins, min(th, 2 * numba.get_num_threads())
-                )
+            _bin_fill(m2, rd, ts, tw, th, order, nvalid, offsets, bins, min(th, 2 * numba.get_num_threads()))
     nonempty = np.flatnonzero(counts)
     tiles = nonempty[np.argsort(-counts[nonempty], kind="stable")]
-    return offsets, bins, tiles
+    tiles, starts = _balance(tiles, counts[tiles] + _TILE_COST, numba.get_num_threads())
+    return offsets, bins, tiles, starts
 
 
 class _ProjectCPU(torch.autograd.Function):
@@ -1125,8 +1223,7 @@ class _ProjectCPU(torch.autograd.Function):
                 if N * C < _SERIAL_BELOW:  # small: a thread hand-off would cost more than the work
                     _project_fwd_range(0, N, *args, *outs)
                 else:
-                    with numba.parallel_chunksize(1):
-                        _project_fwd(4 * numba.get_num_threads(), *args, *outs)
+                    _project_fwd(4 * numba.get_num_threads(), *args, *outs)
         dt = means.dtype
         radii_t = torch.from_numpy(radii)
         means2d_t = torch.from_numpy(means2d).to(dt)
@@ -1172,8 +1269,7 @@ class _ProjectCPU(torch.autograd.Function):
                 if serial:
                     _project_bwd_range(0, 0, N, *args)
                 else:
-                    with numba.parallel_chunksize(1):
-                        _project_bwd(*args)
+                    _project_bwd(*args)
 
         def out(a, like, need):
             return torch.from_numpy(a).to(like.dtype) if need else None
@@ -1217,28 +1313,28 @@ class _RasterizeCPU(torch.autograd.Function):
         out_T = np.ones((C, H, W), np.float32)
         out_last = np.full((C, H, W), -1, np.int32)
         with _KERNEL_LOCK:
-            offsets, bins, tiles = _bin_gaussians(m2, rd, dp, ts, tw, th)
+            offsets, bins, tiles, starts = _bin_gaussians(m2, rd, dp, ts, tw, th)
             if tiles.shape[0] > 0:
-                with numba.parallel_chunksize(1):
-                    _raster_fwd(
-                        m2,
-                        cn,
-                        col,
-                        op,
-                        bg,
-                        offsets,
-                        bins,
-                        tiles,
-                        W,
-                        H,
-                        ts,
-                        tw,
-                        out_col,
-                        out_alpha,
-                        out_T,
-                        out_last,
-                    )
-        ctx.bins = (offsets, bins, tiles, out_T, out_last, W, H, ts, tw, background is not None)
+                _raster_fwd(
+                    m2,
+                    cn,
+                    col,
+                    op,
+                    bg,
+                    offsets,
+                    bins,
+                    tiles,
+                    starts,
+                    W,
+                    H,
+                    ts,
+                    tw,
+                    out_col,
+                    out_alpha,
+                    out_T,
+                    out_last,
+                )
+        ctx.bins = (offsets, bins, tiles, starts, out_T, out_last, W, H, ts, tw, background is not None)
         ctx.save_for_backward(means2d, conics, colors, opacities, background)
         dt = colors.dtype
         return torch.from_numpy(out_col).to(dt), torch.from_numpy(out_alpha).to(dt)
@@ -1246,7 +1342,7 @@ class _RasterizeCPU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v_render_colors, v_render_alphas):
         means2d, conics, colors, opacities, background = ctx.saved_tensors
-        offsets, bins, tiles, out_T, out_last, W, H, ts, tw, has_bg = ctx.bins
+        offsets, bins, tiles, starts, out_T, out_last, W, H, ts, tw, has_bg = ctx.bins
         C, N, D = colors.shape
         vcol = _grad_np(v_render_colors, (C, H, W, D))
         valpha = _grad_np(v_render_alphas, (C, H, W, 1))
@@ -1256,26 +1352,26 @@ class _RasterizeCPU(torch.autograd.Function):
         gbuf = np.zeros((nthr, C * N, 6 + D), np.float32)
         with _KERNEL_LOCK:
             if tiles.shape[0] > 0:
-                with numba.parallel_chunksize(1):
-                    _raster_bwd(
-                        _np32(means2d, "means2d"),
-                        _np32(conics, "conics"),
-                        _np32(colors, "colors"),
-                        _np32(opacities, "opacities"),
-                        bg,
-                        offsets,
-                        bins,
-                        tiles,
-                        W,
-                        H,
-                        ts,
-                        tw,
-                        out_T,
-                        out_last,
-                        vcol,
-                        valpha,
-                        gbuf,
-                    )
+                _raster_bwd(
+                    _np32(means2d, "means2d"),
+                    _np32(conics, "conics"),
+                    _np32(colors, "colors"),
+                    _np32(opacities, "opacities"),
+                    bg,
+                    offsets,
+                    bins,
+                    tiles,
+                    starts,
+                    W,
+                    H,
+                    ts,
+                    tw,
+                    out_T,
+                    out_last,
+                    vcol,
+                    valpha,
+                    gbuf,
+                )
         g = gbuf[0]
         for t in range(1, nthr):
             g += gbuf[t]
