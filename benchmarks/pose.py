@@ -80,7 +80,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from splatlab.data import default_dataset, list_classes, load_mad_class
-    from splatlab.pose import estimate_pose, evaluate_poses, pose_config
+    from splatlab.pose import estimate_pose, pose_config
+    from splatlab.pose_eval import evaluate_poses
     from splatlab.retrieval import Retriever
     from splatlab.splats import load_ply
     from splatlab.train import ensure_trained

@@ -19,13 +19,12 @@ from splatlab.pose import (
     PoseConfig,
     PoseDivergedError,
     apply_delta,
-    basin,
     delta_between,
     estimate_pose,
-    evaluate_poses,
     pose_config,
     refine,
 )
+from splatlab.pose_eval import basin, evaluate_poses
 from splatlab.retrieval import Retriever
 from splatlab.splats import random_splats, render_splats
 

@@ -113,7 +113,7 @@ def renders_figure(result, query: Tensor, max_panels: int = 6):
 
 
 def basin_figure(basin_result, title: str = "Basin of convergence"):
-    """Convergence rate against the starting rotation error (from :func:`splatlab.pose.basin`)."""
+    """Convergence rate against the starting rotation error (from :func:`splatlab.pose_eval.basin`)."""
     fig, axes = _figure()
     ax = axes[0, 0]
     ax.plot(basin_result.angles_deg.numpy(), 100 * basin_result.rates.numpy(), "o-")
