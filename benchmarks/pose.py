@@ -84,7 +84,7 @@ def main() -> int:
     from splatlab.pose_eval import evaluate_poses
     from splatlab.retrieval import Retriever
     from splatlab.splats import load_ply
-    from splatlab.train import ensure_trained
+    from splatlab.train import ensure_trained, run_eps2d
 
     overrides = {"num_threads": args.threads} | ({"method": args.method} if args.method else {})
     config = pose_config(args.preset, **overrides)
@@ -99,6 +99,7 @@ def main() -> int:
     for class_dir in dirs:
         run = ensure_trained(class_dir, None, args.train_preset, args.size, progress=False)
         splats = load_ply(run / "splats.ply")
+        config = dataclasses.replace(config, eps2d=run_eps2d(run))  # render the splats as trained
         train_views = load_mad_class(class_dir, size=args.size).train
         retriever = Retriever.build(train_views.images, train_views.cameras, config.method, cache_dir=run)
         images, gts, excludes, names = class_queries(class_dir, args.size, args.heldout, train_views)

@@ -21,6 +21,7 @@ time of every stage; :func:`class_metrics` turns a run into the MAD numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -172,6 +173,7 @@ class DetectorModel:
             run_dir: A training run folder holding ``splats.ply``.
             views: The class's training views (:class:`splatlab.data.TrainViews`), at the run's size. [V]
             pose_config: Pose settings; None means ``pose_config("full")`` (``"fast"`` with SPLATLAB_FAST=1).
+                Its ``eps2d`` is replaced by the run's (``config.json``), so the splats render as trained.
             anomaly: Anomaly-map settings; None means SplatPose's recipe.
             retrieval: Coarse retrieval method, "features" or "sift".
             calibration_source: Which saved calibration to load ("pose" or "gt_pose"); None loads none.
@@ -180,6 +182,7 @@ class DetectorModel:
         from splatlab.pose import pose_config as make_pose_config
         from splatlab.retrieval import Retriever
         from splatlab.splats import load_ply
+        from splatlab.train import run_eps2d
 
         run_dir = Path(run_dir)
         ply = run_dir / "splats.ply"
@@ -190,7 +193,17 @@ class DetectorModel:
         retriever = Retriever.build(
             views.images, views.cameras, method=retrieval, cache_dir=run_dir, device=device
         )
-        model = cls(splats, retriever, pose_config or make_pose_config("full"), anomaly, None, run_dir)
+        pose_config = pose_config or make_pose_config("full")
+        eps2d = run_eps2d(run_dir)
+        if eps2d != pose_config.eps2d:  # render the splats as they were trained
+            log.info(
+                "%s was trained with eps2d=%g: the pose config's %g is replaced",
+                run_dir,
+                eps2d,
+                pose_config.eps2d,
+            )
+            pose_config = dataclasses.replace(pose_config, eps2d=eps2d)
+        model = cls(splats, retriever, pose_config, anomaly, None, run_dir)
         if calibration_source is not None and model.calibration_path(calibration_source).is_file():
             model.calibration = Calibration.load(model.calibration_path(calibration_source))
             if model.calibration.method != anomaly.method:
@@ -278,7 +291,7 @@ class Detection:
 
 
 def render_reference(model: DetectorModel, viewmat: Tensor) -> Tensor:
-    """The good object rendered on the pose config's background at ``viewmat``. [4, 4] -> [H, W, 3]"""
+    """The good object at ``viewmat``, with the pose config's background and eps2d. [4, 4] -> [H, W, 3]"""
     from splatlab.cameras import Cameras
     from splatlab.splats import render_splats
 
@@ -293,6 +306,7 @@ def render_reference(model: DetectorModel, viewmat: Tensor) -> Tensor:
             cam,
             background=torch.tensor(model.pose_config.background, device=dev),
             backend=model.pose_config.backend,
+            eps2d=model.pose_config.eps2d,
         )
     return img[0].clamp(0, 1).cpu()
 

@@ -54,6 +54,7 @@ from splatlab.losses import photometric_loss
 from splatlab.render import render
 from splatlab.retrieval import Retriever, check_query
 from splatlab.splats import activated, sh_degree_of
+from splatlab.train import LOW_RES_EPS2D
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,9 @@ class PoseConfig:
     early_stop_tol: float = 1e-3  # relative loss decrease that counts as an improvement
     record_every: int = 0  # keep a render every n steps of the full refinement (and the last); 0 = none
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # render background; MAD objects are on white
-    eps2d: float = 0.3  # the renderer's 2D low-pass in px² at full size; scaled by scale² at reduced sizes
+    # The renderer's 2D low-pass in px² at full size (scaled by scale² at reduced sizes): the splats' own, the
+    # TrainConfig.eps2d they were trained with (DetectorModel.from_run sets it from the run folder).
+    eps2d: float = 0.3
     backend: str = "auto"  # renderer: "auto" (gsplat on CUDA, Numba kernel on CPU), "cpu", "torch", "gsplat"
     num_threads: int | None = (
         None  # CPU threads (torch and Numba) while estimating, restored after; None = as set
@@ -133,7 +136,8 @@ class PoseConfig:
 #: and skips SSIM's cost). The schedule was checked without any model error: a query rendered from the
 #: splats themselves, started 2° off, ends 0.04° off (mean, 01Cat; 40 steps with decay 0.7 ended 0.19° off).
 #: No early stop: a plateau rule stopped too soon here (01Cat AUC@5 89).
-#: "fast": a few steps, for tests and SPLATLAB_FAST=1.
+#: "fast": a few steps, for tests and SPLATLAB_FAST=1. "cpu" and "fast" render with the 2D low-pass of the
+#: training presets of the same names (``LOW_RES_EPS2D``); "splatpose" and "full" with gsplat's 0.3.
 PRESETS: dict[str, PoseConfig] = {
     "splatpose": PoseConfig(k=1),
     "full": PoseConfig(),
@@ -146,8 +150,11 @@ PRESETS: dict[str, PoseConfig] = {
         lr_decay=0.6,
         lr_decay_every=10,
         ssim_weight=0.0,
+        eps2d=LOW_RES_EPS2D,
     ),
-    "fast": PoseConfig(k=2, short_steps=4, short_scale=0.5, steps=20, lr=0.02, early_stop_patience=5),
+    "fast": PoseConfig(
+        k=2, short_steps=4, short_scale=0.5, steps=20, lr=0.02, early_stop_patience=5, eps2d=LOW_RES_EPS2D
+    ),
 }
 
 

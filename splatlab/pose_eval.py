@@ -162,7 +162,11 @@ def basin(
 
         with torch.no_grad():
             images = render_splats(
-                splats, views, background=torch.tensor(config.background), backend=config.backend
+                splats,
+                views,
+                background=torch.tensor(config.background),
+                backend=config.backend,
+                eps2d=config.eps2d,
             )[0].cpu()
     errors = torch.full((len(angles_deg), trials), float("inf"), dtype=torch.float64)
     for a, theta in enumerate(angles_deg):

@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 PRESETS = ("gpu", "cpu", "fast")
+LOW_RES_EPS2D = 0.03  # the 2D low-pass (px²) of the 128² presets "cpu" and "fast"; see TrainConfig.preset
 TIMERS = ("render", "loss", "backward", "optimizer", "densify", "eval")
 
 
@@ -83,6 +84,9 @@ class TrainConfig:
     lr_scales: float = 5e-3  # Adam lr of the log-scales
     lr_quats: float = 1e-3  # Adam lr of the quaternions
     ssim_weight: float = 0.2  # loss = (1 - w) L1 + w (1 - SSIM)
+    # The renderer's 2D low-pass in px² (gsplat: 0.3). The model is rendered with the value it was trained
+    # with everywhere after (pose, references, calibration): it is saved in config.json.
+    eps2d: float = 0.3
     refine_start: int = 500  # DefaultStrategy.refine_start_iter: first step that densifies
     refine_stop: int = 15_000  # DefaultStrategy.refine_stop_iter: no densification or reset from here on
     refine_every: int = 100  # DefaultStrategy.refine_every: steps between densifications
@@ -109,6 +113,7 @@ class TrainConfig:
         need(self.sh_degree_interval > 0, "sh_degree_interval must be positive")
         need(self.eval_every_nth >= 2, f"eval_every_nth must be >= 2, got {self.eval_every_nth}")
         need(0.0 <= self.ssim_weight <= 1.0, f"ssim_weight must be in [0, 1], got {self.ssim_weight}")
+        need(self.eps2d >= 0.0, f"eps2d must be >= 0, got {self.eps2d}")
         need(0.0 < self.init_opacity < 1.0, f"init_opacity must be in (0, 1), got {self.init_opacity}")
         need(0.0 < self.lr_means_final <= 1.0, "lr_means_final must be in (0, 1]")
         need(self.refine_every > 0, "refine_every must be positive")
@@ -121,9 +126,13 @@ class TrainConfig:
 
         - ``gpu``: SplatPose's run: full resolution, 30k steps, 100k initial points.
         - ``cpu``: 128 px, 1500 steps from 5k half-size points, densifying every 100 steps until 1200, no
-          opacity reset: 34-40 dB held-out PSNR on LEGO-MAD in about a minute on a 2-core laptop.
-        - ``fast``: 128 px, 400 steps from 3k points, a lower growth threshold: ~27-29 dB in ~15 s, for
-          notebooks and CI (``SPLATLAB_FAST=1``).
+          opacity reset, and a 2D low-pass of 0.03 px² instead of 0.3: 37-41 dB held-out PSNR on LEGO-MAD
+          in about half a minute on a 2-core laptop. At 128² gsplat's 0.3 px² blurs every silhouette by
+          more than the pixel footprint of the (anti-aliased) views, so no model fits their edges, and the
+          compromise shifts the pose optimum (05Parrot: 33.8 dB and pose AUC@5 82 with 0.3, 37.2 dB and 91
+          with 0.03; 0.01 was no better).
+        - ``fast``: 128 px, 400 steps from 3k points, a lower growth threshold, the same low-pass as ``cpu``:
+          ~28-30 dB in ~15 s, for notebooks and CI (``SPLATLAB_FAST=1``).
         """
         if name == "gpu":
             base = cls()
@@ -131,13 +140,13 @@ class TrainConfig:
             base = cls(
                 name="cpu", resolution=128, iterations=1_500, batch_size=1, init_points=5_000,
                 init_extent=None, init_scale=0.5, sh_degree_interval=500, refine_start=100, refine_stop=1_200,
-                refine_every=100, reset_every=0, checkpoint_every=500,
+                refine_every=100, reset_every=0, checkpoint_every=500, eps2d=LOW_RES_EPS2D,
             )
         elif name == "fast":
             base = cls(
                 name="fast", resolution=128, iterations=400, batch_size=1, init_points=3_000,
                 init_extent=None, init_scale=0.5, sh_degree_interval=100, refine_start=50, refine_stop=350,
-                refine_every=50, grow_grad2d=1e-4, reset_every=0, checkpoint_every=200,
+                refine_every=50, grow_grad2d=1e-4, reset_every=0, checkpoint_every=200, eps2d=LOW_RES_EPS2D,
             )
         else:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -324,7 +333,7 @@ class _ViewSampler:
 
 @torch.no_grad()
 def evaluate(splats, images: Tensor, cameras: Cameras, *, sh_degree: int | None = None,
-             backend: str = "auto", batch: int = 8) -> dict[str, float]:
+             backend: str = "auto", batch: int = 8, eps2d: float = 0.3) -> dict[str, float]:
     """Mean per-view PSNR (dB) and SSIM of renders (on white, clamped to [0, 1]) against images.
 
     Args:
@@ -334,6 +343,7 @@ def evaluate(splats, images: Tensor, cameras: Cameras, *, sh_degree: int | None 
         sh_degree: SH degree to render with; all the splats hold by default.
         backend: Render backend.
         batch: Views rendered per call.
+        eps2d: The renderer's 2D low-pass in px²; the model's own (``TrainConfig.eps2d``).
     """
     if len(images) == 0:
         raise ValueError("evaluate: no views given")
@@ -342,7 +352,7 @@ def evaluate(splats, images: Tensor, cameras: Cameras, *, sh_degree: int | None 
     for i in range(0, len(images), batch):
         idx = torch.arange(i, min(i + batch, len(images)))
         out, _, _ = render_splats(splats, cameras[idx], sh_degree=sh_degree, background=white,
-                                  backend=backend)
+                                  backend=backend, eps2d=eps2d)
         out = out.clamp(0, 1)
         psnrs += [float(psnr(o, t)) for o, t in zip(out, images[idx], strict=True)]
         ssims += ssim(out, images[idx], reduce=False).tolist()
@@ -424,7 +434,7 @@ def _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_s
 
             t0 = time.perf_counter()
             img, _, meta = render_splats(splats, train_cams[idx], sh_degree=sh_deg, background=white,
-                                         backend=config.backend)
+                                         backend=config.backend, eps2d=config.eps2d)
             t1 = time.perf_counter()
             strategy.step_pre_backward(splats, optimizers, state, step, meta)
             target = train_images[idx]
@@ -477,7 +487,7 @@ def _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_s
 
 def _record_eval(history, step, splats, images, cameras, sh_degree, config) -> None:
     t = time.perf_counter()
-    m = evaluate(splats, images, cameras, sh_degree=sh_degree, backend=config.backend)
+    m = evaluate(splats, images, cameras, sh_degree=sh_degree, backend=config.backend, eps2d=config.eps2d)
     history.eval_step.append(int(step))
     history.eval_psnr.append(m["psnr"])
     history.eval_ssim.append(m["ssim"])
@@ -609,6 +619,14 @@ def load_run(run_dir: str | os.PathLike, device=None) -> tuple[torch.nn.Paramete
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     metrics = json.loads((run / "metrics.json").read_text())
     return load_ply(run / "splats.ply", device=device), config, metrics
+
+
+def run_eps2d(run_dir: str | os.PathLike) -> float:
+    """The 2D low-pass (px²) a run folder's splats were trained with: its config.json's, else gsplat's 0.3."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return TrainConfig().eps2d
+    return TrainConfig.from_dict(json.loads(path.read_text())).eps2d
 
 
 def default_run_root() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 
@@ -19,6 +20,7 @@ from splatlab.detect import (
     detect,
     holdout_indices,
     prepare_query,
+    render_reference,
     run_class,
     select_queries,
 )
@@ -149,9 +151,7 @@ def test_calibration_from_good_views_gives_decisions(scene, model):
 def _test_set(views, masks: bool = True) -> list[Sample]:
     samples = []
     for i in (1, 2, 3, 4):
-        samples.append(
-            Sample(views.images[i], 0, "good", torch.zeros(SIZE, SIZE, dtype=torch.bool), None)
-        )
+        samples.append(Sample(views.images[i], 0, "good", torch.zeros(SIZE, SIZE, dtype=torch.bool), None))
     for i, kind in zip((5, 6, 9, 10), ("Stains", "Stains", "Burrs", "Burrs"), strict=True):
         img, m = _blob(views.images[i], y=12 + i, x=18 + i)
         samples.append(Sample(img, 1, kind, m if masks else torch.zeros_like(m), None))
@@ -194,6 +194,23 @@ def test_select_queries_is_balanced_and_deterministic():
     assert select_queries(defects, None) == list(range(40))
     with pytest.raises(ValueError, match="max_queries"):
         select_queries(defects, 1)
+
+
+def test_the_run_decides_the_low_pass(scene, tmp_path):
+    import json
+    import shutil
+
+    from splatlab.train import TrainConfig
+
+    splats, views, run = scene
+    other = tmp_path / "run"
+    shutil.copytree(run, other)
+    (other / "config.json").write_text(json.dumps(TrainConfig(eps2d=0.05).to_dict()))
+    model = DetectorModel.from_run(other, views, pose_config=POSE, anomaly=ANOMALY, calibration_source=None)
+    assert model.pose_config.eps2d == 0.05 and POSE.eps2d != 0.05
+    sharp = render_reference(model, views.cameras.viewmats[0])
+    model.pose_config = dataclasses.replace(model.pose_config, eps2d=0.3)
+    assert not torch.allclose(sharp, render_reference(model, views.cameras.viewmats[0]))
 
 
 def test_retriever_is_shared_with_pose(model):

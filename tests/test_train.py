@@ -8,8 +8,9 @@ import torch
 from torch.testing import assert_close
 
 from splatlab.cameras import Cameras, ring_rig
+from splatlab.pose import pose_config
 from splatlab.splats import load_ply, random_splats, render_splats
-from splatlab.train import TrainConfig, default_config, load_run, split_views, train
+from splatlab.train import LOW_RES_EPS2D, TrainConfig, default_config, load_run, run_eps2d, split_views, train
 
 SIZE = 32
 
@@ -32,8 +33,18 @@ def views():
 
 def tiny(**overrides) -> TrainConfig:
     base = dict(
-        name="test", resolution=None, iterations=40, batch_size=2, init_points=300, init_extent=0.8,
-        refine_start=10, refine_stop=30, refine_every=10, reset_every=0, checkpoint_every=10, log_every=1,
+        name="test",
+        resolution=None,
+        iterations=40,
+        batch_size=2,
+        init_points=300,
+        init_extent=0.8,
+        refine_start=10,
+        refine_stop=30,
+        refine_every=10,
+        reset_every=0,
+        checkpoint_every=10,
+        log_every=1,
     )
     base.update(overrides)
     return TrainConfig.preset("fast", **base)
@@ -155,6 +166,21 @@ def test_presets_and_default_config(monkeypatch):
     assert stretched.refine_stop == 2 * cpu.refine_stop
     train_idx, test_idx = split_views(17, cpu)
     assert test_idx.tolist() == [0, 8, 16] and len(train_idx) == 14
+
+
+def test_eps2d_is_a_property_of_the_run(tmp_path):
+    cpu, fast = TrainConfig.preset("cpu"), TrainConfig.preset("fast")
+    assert TrainConfig().eps2d == 0.3  # gsplat's, for the gpu preset
+    assert cpu.eps2d == fast.eps2d == LOW_RES_EPS2D < 0.3
+    assert pose_config("cpu").eps2d == pose_config("fast").eps2d == LOW_RES_EPS2D
+    with pytest.raises(ValueError, match="eps2d"):
+        TrainConfig(eps2d=-0.1)
+    assert run_eps2d(tmp_path) == 0.3  # no config.json: gsplat's default
+    (tmp_path / "config.json").write_text(json.dumps(cpu.to_dict()))
+    assert run_eps2d(tmp_path) == LOW_RES_EPS2D
+    legacy = {k: v for k, v in cpu.to_dict().items() if k != "eps2d"}  # written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(legacy))
+    assert run_eps2d(tmp_path) == 0.3
 
 
 def write_mad_class(views, root):
