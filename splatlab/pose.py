@@ -79,6 +79,9 @@ class PoseConfig:
     method: str = "features"  # coarse retrieval: "features" (EfficientNet-lite0) or "sift" (match counts)
     k: int = 3  # candidate training views refined briefly; 1 = trust the best match (SplatPose)
     short_steps: int = 25  # steps of the brief refinement of every candidate (ignored when k = 1)
+    # The best this many candidates after the brief refinement are refined fully, side by side (one batched
+    # render per step), and the lowest final loss wins; 1 = SplatPose's single refinement.
+    finalists: int = 1
     short_scale: float = 0.5  # image-size factor of the brief refinement (smaller is faster)
     steps: int = 175  # steps of the full refinement of the winner, pyramid steps included (SplatPose: 175)
     lr: float = 0.01  # Adam learning rate on δ (SplatPose: 0.01)
@@ -109,6 +112,8 @@ class PoseConfig:
     def __post_init__(self) -> None:
         if self.method not in ("features", "sift"):
             raise ValueError(f"method must be 'features' or 'sift', got {self.method!r}")
+        if self.finalists < 1:
+            raise ValueError(f"finalists must be >= 1, got {self.finalists}")
         if self.k < 1 or self.steps < 1 or self.short_steps < 0:
             raise ValueError(
                 f"need k >= 1, steps >= 1, short_steps >= 0; got {self.k}, {self.steps}, {self.short_steps}"
@@ -130,8 +135,10 @@ class PoseConfig:
 
 
 #: Named settings. "splatpose": the paper's refinement from the single best match. "full": the defaults.
-#: "cpu": tuned for LEGO-MAD 128² with splats of the ``cpu`` training preset on a 2-core CPU: 3 hypotheses
-#: refined 8 steps at 1/4 size, then 60 full-size steps, lr 0.03 decayed x0.6 every 10 steps, and the L1
+#: "cpu": tuned for LEGO-MAD 128² with splats of the ``cpu`` training preset on a 2-core CPU: 5 hypotheses
+#: refined 8 steps at 1/4 size, the best 2 of them then 60 full-size steps side by side (two of the
+#: benchmark's 240 queries failed with 3 and 1: the true neighbour was 4th, or lost the brief refinement),
+#: lr 0.03 decayed x0.6 every 10 steps, and the L1
 #: loss alone (from the true pose it lands nearer the truth than with SSIM, 0.36° vs 0.39° mean on 01Cat,
 #: and skips SSIM's cost). The schedule was checked without any model error: a query rendered from the
 #: splats themselves, started 2° off, ends 0.04° off (mean, 01Cat; 40 steps with decay 0.7 ended 0.19° off).
@@ -142,7 +149,8 @@ PRESETS: dict[str, PoseConfig] = {
     "splatpose": PoseConfig(k=1),
     "full": PoseConfig(),
     "cpu": PoseConfig(
-        k=3,
+        k=5,
+        finalists=2,
         short_steps=8,
         short_scale=0.25,
         steps=60,
@@ -382,7 +390,7 @@ def _optimise(
             vms.append(vm.detach())
             scales.append(scale)
             if record_every and (step % record_every == 0):
-                renders[step] = img[0].detach().cpu()
+                renders[step] = img.detach().cpu()  # every hypothesis [B, H, W, 3]
             improved = cur < best * (1.0 - cfg.early_stop_tol)
             better = cur < best
             best = torch.where(better, cur, best)
@@ -398,7 +406,7 @@ def _optimise(
                     stopped = True
                     break
     if record_every and losses and (step - 1) not in renders:
-        renders[step - 1] = img[0].detach().cpu()
+        renders[step - 1] = img.detach().cpu()
     return {
         "losses": torch.stack(losses),
         "viewmats": torch.stack(vms),
@@ -491,23 +499,26 @@ def _refine(query, splats, viewmat0, K, config, device) -> PoseResult:
     )
 
 
-def _result(hist, viewmat_init, K, query, candidates, chosen, short_losses, frame, j, timings) -> PoseResult:
+def _result(
+    hist, viewmat_init, K, query, candidates, chosen, short_losses, frame, j, timings, b=0
+) -> PoseResult:
+    """The PoseResult of row ``b`` of a (batched) refinement history; ``j`` indexes ``frame``."""
     timings = dict(timings, total=sum(timings.values()))
     return PoseResult(
-        viewmat=hist["best_viewmats"][0].cpu(),
+        viewmat=hist["best_viewmats"][b].cpu(),
         viewmat_init=viewmat_init.detach().cpu(),
         K=K.detach().cpu(),
         width=query.shape[1],
         height=query.shape[0],
         candidates=candidates,
         chosen=chosen,
-        losses=hist["losses"][:, 0],
-        viewmats=hist["viewmats"][:, 0].cpu(),
+        losses=hist["losses"][:, b],
+        viewmats=hist["viewmats"][:, b].cpu(),
         scales=hist["scales"],
         short_losses=short_losses,
-        renders=hist["renders"],
+        renders={step: r[b] for step, r in hist["renders"].items()},
         timings=timings,
-        loss=float(hist["best"][0]),
+        loss=float(hist["best"][b]),
         stopped_early=hist["stopped"],
         translation_scale=float(frame[0][j]),
         pivot_depth=float(frame[1][j]),
@@ -552,7 +563,7 @@ def _estimate(query, splats, retriever, config, device, exclude) -> PoseResult:
     K = cams.Ks[idx[0]].to(device, torch.float32)
     starts = cams.viewmats[idx].to(device, torch.float32)
     frame = _frame(params, starts, config)
-    chosen, short = 0, torch.zeros(0, len(idx))
+    short = torch.zeros(0, len(idx))
     after = starts
     best_short = torch.full((len(idx),), float("inf"))
     if len(idx) > 1 and config.short_steps > 0:
@@ -570,21 +581,24 @@ def _estimate(query, splats, retriever, config, device, exclude) -> PoseResult:
             frame,
         )
         short, best_short, after = h["losses"], h["best"], h["best_viewmats"]
-        chosen = int(torch.argmin(best_short))
+    # the `finalists` best hypotheses are refined fully, together (one batched render per step)
+    finalists = torch.argsort(best_short, stable=True)[: max(1, min(config.finalists, len(idx)))]
     t2 = time.perf_counter()
     hist = _optimise(
         params,
         degree,
         q,
-        after[chosen : chosen + 1],
+        after[finalists],
         K,
         cams.width,
         cams.height,
         config,
         _schedule(config),
-        tuple(f[chosen : chosen + 1] for f in frame),
+        tuple(f[finalists] for f in frame),
         config.record_every,
     )
+    b = int(torch.argmin(hist["best"]))  # the lowest final loss wins
+    chosen = int(finalists[b])
     t3 = time.perf_counter()
     candidates = [
         Candidate(int(i), float(v), starts[j].cpu(), after[j].detach().cpu(), float(best_short[j]))
@@ -601,4 +615,5 @@ def _estimate(query, splats, retriever, config, device, exclude) -> PoseResult:
         frame,
         chosen,
         {"coarse": t1 - t0, "hypotheses": t2 - t1, "refine": t3 - t2},
+        b,
     )

@@ -183,6 +183,13 @@ def test_estimate_pose_multi_hypothesis_and_evaluation(scene):
     ev = evaluate_poses(splats, ret, query[None], query_cam[None], cfg)
     summary = ev.summary()
     assert summary["auc5"] > 80 and summary["diverged"] == 0
+    # finalists: the best hypotheses refined fully side by side; the lowest final loss wins, so it can
+    # only improve on refining the first alone (the batched rows are independent)
+    best3 = estimate_pose(query, splats, ret, dataclasses.replace(cfg, finalists=3, record_every=10))
+    assert best3.loss <= res.loss + 1e-6 and 0 <= best3.chosen < 3
+    assert all(r.shape == (SIZE, SIZE, 3) for r in best3.renders.values())
+    with pytest.raises(ValueError, match="finalists"):
+        dataclasses.replace(cfg, finalists=0)
     import matplotlib
 
     matplotlib.use("Agg")
