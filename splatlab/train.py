@@ -127,12 +127,12 @@ class TrainConfig:
         - ``gpu``: SplatPose's run: full resolution, 30k steps, 100k initial points.
         - ``cpu``: 128 px, 1500 steps from 5k half-size points, densifying every 100 steps until 1200, no
           opacity reset, and a 2D low-pass of 0.03 px² instead of 0.3: 37-41 dB held-out PSNR on LEGO-MAD
-          in about half a minute on a 2-core laptop. At 128² gsplat's 0.3 px² blurs every silhouette by
+          in about 20 s of training on a 2-core laptop. At 128² gsplat's 0.3 px² blurs every silhouette by
           more than the pixel footprint of the (anti-aliased) views, so no model fits their edges, and the
           compromise shifts the pose optimum (05Parrot: 33.8 dB and pose AUC@5 82 with 0.3, 37.2 dB and 91
           with 0.03; 0.01 was no better).
         - ``fast``: 128 px, 400 steps from 3k points, a lower growth threshold, the same low-pass as ``cpu``:
-          ~28-30 dB in ~15 s, for notebooks and CI (``SPLATLAB_FAST=1``).
+          30 dB on 01Cat in ~5 s, for notebooks and CI (``SPLATLAB_FAST=1``).
         """
         if name == "gpu":
             base = cls()
