@@ -25,7 +25,8 @@ How the kernel is organised (and why it is fast on a laptop CPU):
   once per Gaussian (elsewhere its alpha is provably below 1/255), while every row keeps its own
   transmittance; the tile stops when all its rows have.
 - Tiles are processed in parallel, one part per thread, balanced by their list lengths; the backward
-  writes into per-thread gradient buffers that are summed at the end: no atomics.
+  writes into one gradient buffer per part, summed at the end in part order: no atomics, and the same
+  numbers whichever thread runs which part.
 - Everything runs in float32 (inputs of other dtypes are converted, and outputs converted back); the
   forward saves the tile bins, per-pixel final transmittance and last contributing index for the backward.
 
@@ -304,8 +305,8 @@ class _RasterizeCPU(torch.autograd.Function):
         valpha = _grad_np(v_render_alphas, (C, H, W, 1))
         bg = _np32(background, "background") if has_bg else np.zeros((C, D), np.float32)
         need = ctx.needs_input_grad
-        nthr = numba.get_num_threads()
-        gbuf = np.zeros((nthr, C * N, 6 + D), np.float32)
+        nparts = starts.shape[0] - 1
+        gbuf = np.zeros((max(nparts, 1), C * N, 6 + D), np.float32)
         with _KERNEL_LOCK:
             if tiles.shape[0] > 0:
                 _raster_bwd(
@@ -329,7 +330,7 @@ class _RasterizeCPU(torch.autograd.Function):
                     gbuf,
                 )
         g = gbuf[0]
-        for t in range(1, nthr):
+        for t in range(1, nparts):
             g += gbuf[t]
         g = torch.from_numpy(g).view(C, N, 6 + D)
         v_means2d = g[..., 0:2].to(means2d.dtype) if need[0] else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -417,10 +416,8 @@ def _raster_bwd(
     T = (offsets.shape[0] - 1) // C
     L = _LANES
     nseg = (ts + L - 1) // L
-    nthr = gbuf.shape[0]
     for part in prange(starts.shape[0] - 1):  # one part per thread (see _balance)
         for q in range(starts[part], starts[part + 1]):
-            thr = numba.get_thread_id() % nthr
             tid = tiles[q]
             c = tid // T
             tile = tid - c * T
@@ -549,7 +546,7 @@ def _raster_bwd(
                         tg[k, 3] += -o * sx * dy
                         tg[k, 4] += -o * _HALF * s0 * dy * dy
                         tg[k, 5] += s0
-            row = gbuf[thr]
+            row = gbuf[part]  # per part, not per thread: the sum over parts is then in a fixed order
             base = c * N
             for k in range(n):
                 g = base + bins[start + k]
