@@ -221,6 +221,21 @@ def _balance(tiles, cost, nparts):
 # --------------------------------------------------------------------------------------------------------
 
 
+@njit(inline="always", cache=True)
+def _tile_window(tid, T, tw, ts, W, H):
+    """Camera and pixel window of tile ``tid`` (tiles of all cameras numbered in one sequence).
+
+    Returns ``(c, x0, y0, xend, hrow)``: camera, top-left pixel, end column and number of rows (the last
+    tiles of a row or column may be cut by the image edge).
+    """
+    c = tid // T
+    tile = tid - c * T
+    ty = tile // tw
+    x0 = (tile - ty * tw) * ts
+    y0 = ty * ts
+    return c, x0, y0, min(x0 + ts, W), min(ts, H - y0)
+
+
 @njit(cache=True)
 def _gather(means2d, conics, colors, opac, bins, start, n, c, D):
     """Copy a tile's Gaussians (depth order) into contiguous arrays: [n, 8] params and [n, D] colours."""
@@ -305,17 +320,10 @@ def _raster_fwd(
     for part in prange(starts.shape[0] - 1):  # one part per thread (see _balance)
         for q in range(starts[part], starts[part + 1]):
             tid = tiles[q]
-            c = tid // T
-            tile = tid - c * T
-            ty = tile // tw
-            tx = tile - ty * tw
+            c, x0, y0, xend, hrow = _tile_window(tid, T, tw, ts, W, H)
             start = offsets[tid]
             n = offsets[tid + 1] - start
             par, col = _gather(means2d, conics, colors, opac, bins, start, n, c, D)
-            x0 = tx * ts
-            y0 = ty * ts
-            xend = min(x0 + ts, W)
-            hrow = min(ts, H - y0)
             top = np.float32(y0) + _HALF
             pxs = np.empty(L, np.float32)
             wgt = np.empty(L, np.float32)
@@ -419,18 +427,11 @@ def _raster_bwd(
     for part in prange(starts.shape[0] - 1):  # one part per thread (see _balance)
         for q in range(starts[part], starts[part + 1]):
             tid = tiles[q]
-            c = tid // T
-            tile = tid - c * T
-            ty = tile // tw
-            tx = tile - ty * tw
+            c, x0, y0, xend, hrow = _tile_window(tid, T, tw, ts, W, H)
             start = offsets[tid]
             n = offsets[tid + 1] - start
             par, col = _gather(means2d, conics, colors, opac, bins, start, n, c, D)
             tg = np.zeros((n, 6 + D), np.float32)
-            x0 = tx * ts
-            y0 = ty * ts
-            xend = min(x0 + ts, W)
-            hrow = min(ts, H - y0)
             top = np.float32(y0) + _HALF
             pxs = np.empty(L, np.float32)
             # per-row state of one 16-pixel segment of every tile row
