@@ -7,7 +7,9 @@ Per class: train splats where absent (``ensure_trained``, cpu preset, 128²; run
 ``runs/``), calibrate a threshold on held-out good training views (every 8th view, put through the same
 pose pipeline as a test query), then run every selected test image through
 
-- the full pipeline (retrieval, hypotheses, refinement, render, SplatPose anomaly map);
+- the full pipeline (retrieval, hypotheses, refinement, render, anomaly map: ``--method cosine`` by default,
+  the shift-tolerant cosine map chosen on a development split, see :mod:`splatlab.anomaly`; SplatPose's
+  recipe is scored on the same poses and references too, ``--compare``);
 - baseline (a), coarse pose only: render at the retrieved training view's pose;
 - baseline (b), nearest view: compare with the retrieved training image itself;
 - baseline (c), a PatchCore-style memory bank of all training views' patch features.
@@ -17,6 +19,11 @@ the pose AUC against ``test_poses.json`` (evaluation only). A report folder (mar
 maps) is written to ``--out``. The last stdout line is one JSON object.
 
 Timings depend on the machine's load (shared CPUs); the JSON records the load average.
+
+``--data`` points at another dataset root. The development split used to choose methods and settings is
+``splatlab data make ../devdata --seed 1 --test-good 30 --test-per-defect 10``: new test poses and defects,
+the same training views as the default data (the rig does not depend on the seed), so the trained runs
+are reused.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ def run_benchmark(args) -> tuple[dict, dict]:
         train_preset=args.train_preset,
         pose_preset=args.pose_preset,
         method=args.method,
+        compare_methods=tuple(args.compare),
         calibration=args.calibration,
         calib_every=args.calib_every,
         max_queries=args.max_queries,
@@ -72,7 +80,13 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=128, help="image size the classes are loaded and trained at")
     p.add_argument("--train-preset", default="cpu", help="training preset (cpu, gpu, fast)")
     p.add_argument("--pose-preset", default="cpu", help="pose preset (cpu, full, splatpose, fast)")
-    p.add_argument("--method", default="splatpose", help="anomaly map: splatpose, rgb, features, ssim")
+    p.add_argument("--method", default="cosine", help="anomaly map: cosine, splatpose, rgb, features, ssim")
+    p.add_argument(
+        "--compare",
+        nargs="*",
+        default=["splatpose"],
+        help="anomaly maps also scored on the same poses and references (none: --compare)",
+    )
     p.add_argument(
         "--calibration",
         default="pose",

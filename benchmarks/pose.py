@@ -28,6 +28,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -59,6 +60,25 @@ def class_queries(class_dir, size: int, heldout: int, train_views):
     return torch.stack(images), torch.stack(gts), excludes, names
 
 
+def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict:
+    """``["steps=80", "lr=0.02"]`` -> PoseConfig overrides, each value parsed as its field's type."""
+    import ast
+
+    from splatlab.pose import PoseConfig
+
+    fields = {f.name for f in dataclasses.fields(PoseConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value  # a bare string such as method=sift
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
@@ -68,6 +88,9 @@ def main() -> int:
         "--method", default=None, choices=["features", "sift"], help="retrieval (preset's by default)"
     )
     parser.add_argument("--size", type=int, default=128, help="image size of the default dataset")
+    parser.add_argument(
+        "--data", default=None, help="dataset root (default: the generated LEGO-MAD at --size)"
+    )
     parser.add_argument("--classes", nargs="*", default=None, help="class names (default: all)")
     parser.add_argument(
         "--limit", type=int, default=0, help="at most this many test queries per class (0 = all)"
@@ -76,6 +99,13 @@ def main() -> int:
         "--heldout", type=int, default=0, help="also query every N-th training view (0 = none)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch/Numba threads during estimation")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="PoseConfig fields to override, e.g. --set steps=80 lr_decay_every=15",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -87,8 +117,12 @@ def main() -> int:
     from splatlab.train import ensure_trained, run_eps2d
 
     overrides = {"num_threads": args.threads} | ({"method": args.method} if args.method else {})
-    config = pose_config(args.preset, **overrides)
-    root = default_dataset(args.size)
+    overrides |= parse_overrides(args.set, parser)
+    try:
+        config = pose_config(args.preset, **overrides)
+    except (TypeError, ValueError) as e:
+        parser.error(f"--preset {args.preset} with --set {args.set}: {e}")
+    root = Path(args.data) if args.data else default_dataset(args.size)
     dirs = list_classes(root)
     if args.classes:
         dirs = [d for d in dirs if d.name in set(args.classes)]
@@ -152,6 +186,7 @@ def main() -> int:
         "config": dataclasses.asdict(config),
         "train_preset": args.train_preset,
         "size": args.size,
+        "data": str(root),
         "heldout_every": args.heldout,
         "torch_threads": args.threads,
         "loadavg_before": [round(x, 2) for x in load_before],

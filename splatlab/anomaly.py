@@ -12,6 +12,17 @@ Other methods, by name, for teaching and ablation: ``"rgb"`` (the RGB term only)
 feature terms only) and ``"ssim"`` (1 − the local SSIM, averaged over channels). :func:`anomaly_terms`
 returns each term on its own (before the blur, which is linear, so the blurred terms sum to the map).
 
+``"cosine"`` is this toolkit's variant, made for references that are renders of a slightly imperfect model
+at a slightly wrong pose. Per stage (stage 1 only by default: 24 channels, stride 4), each query feature
+is compared with the *best-matching* reference feature within ``shift`` cells (±4 px at 224² for stage 1)
+by cosine distance, ``min_Δ 1 − cos(f_q(p), f_r(p + Δ))``; the result is upsampled, summed over stages and
+blurred like the recipe. Two things it ignores that the recipe counts: the contrast of fine texture the
+splats reproduce only in part (cosine looks at the direction of a feature, not its length), and details
+that sit a pixel or two from where the render puts them. It was chosen on a development split of LEGO-MAD
+(seed 1: the same training views, 30 good and 30 defective new test images per class), never on the
+benchmark's test images: mean image AUROC 87.2 (recipe) → 92.7 (cosine, shift 1); stage 1 with squared
+distances and no shift gave 89.1, cosine without the shift 90.6, shift 2 92.1, a symmetric match 88.7.
+
 **Calibration** (:func:`calibrate`) uses defect-free data only: the maps of held-out good views of the
 class. It stores a per-class normalisation and a decision threshold:
 
@@ -45,17 +56,27 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-Method = Literal["splatpose", "rgb", "features", "ssim"]
-METHODS: tuple[str, ...] = ("splatpose", "rgb", "features", "ssim")
+Method = Literal["splatpose", "rgb", "features", "ssim", "cosine"]
+METHODS: tuple[str, ...] = ("splatpose", "rgb", "features", "ssim", "cosine")
+# Feature stages each method compares when AnomalyConfig.stages is None.
+DEFAULT_STAGES: dict[str, tuple[int, ...]] = {
+    "splatpose": (1, 2, 3, 4),
+    "features": (1, 2, 3, 4),
+    "cosine": (1,),
+}
 
 
 @dataclass(frozen=True)
 class AnomalyConfig:
     """How an anomaly map is computed; the defaults are SplatPose's recipe."""
 
-    method: Method = "splatpose"  # "splatpose" (RGB + features), "rgb", "features" or "ssim" (1 − SSIM)
+    # "splatpose" (RGB + features), "rgb", "features", "ssim" (1 − SSIM) or "cosine" (shift-tolerant
+    # cosine distance of features, see the module docstring)
+    method: Method = "splatpose"
     size: int = 224  # both images are resized to size × size; maps come out at this size
-    stages: tuple[int, ...] = (1, 2, 3, 4)  # EfficientNet-lite0 stages of the feature terms
+    # EfficientNet-lite0 stages of the feature terms; None: the method's (1–4, or 1 for "cosine")
+    stages: tuple[int, ...] | None = None
+    shift: int = 1  # "cosine": a query feature may match a reference feature up to this many cells away
     blur_sigma: float = 4.0  # σ in pixels (at `size`) of the Gaussian blur of the map; 0 disables it
     rgb_weight: float = 1.0  # weight of the RGB term in "splatpose"
     feature_weight: float = 1.0  # weight of the (summed) feature terms in "splatpose"
@@ -70,10 +91,15 @@ class AnomalyConfig:
             raise ValueError(f"blur_sigma must be >= 0, got {self.blur_sigma}")
         if self.ssim_window < 3 or self.ssim_window % 2 == 0:
             raise ValueError(f"ssim_window must be odd and >= 3, got {self.ssim_window}")
+        if self.shift < 0:
+            raise ValueError(f"shift must be >= 0, got {self.shift}")
+        if self.stages is None:  # frozen: resolve the method's default once, here
+            object.__setattr__(self, "stages", DEFAULT_STAGES.get(self.method, (1, 2, 3, 4)))
+        object.__setattr__(self, "stages", tuple(int(x) for x in self.stages))
 
     @property
     def uses_features(self) -> bool:
-        return self.method in ("splatpose", "features")
+        return self.method in ("splatpose", "features", "cosine")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -189,6 +215,37 @@ def ssim_map(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tens
     return s.mean(dim=1)
 
 
+def shifted_cosine_distance(query_feats: Tensor, reference_feats: Tensor, shift: int) -> Tensor:
+    """Per cell, the cosine distance of the query feature to its best match among nearby reference features.
+
+    ``d(p) = min over |Δy|, |Δx| <= shift of 1 − cos(q(p), r(p + Δ))``, reference borders replicated.
+    One-sided on purpose: every query feature needs a counterpart in the reference, so new material (a burr,
+    a stain) and the surface a missing chunk exposes stand out; ``shift = 0`` is the plain cosine distance.
+
+    Args:
+        query_feats: Query feature maps. [B, C, h, w]
+        reference_feats: Reference feature maps. [B, C, h, w]
+        shift: Search radius in cells.
+
+    Returns:
+        Distances in [0, 2]. [B, h, w]
+    """
+    assert query_feats.shape == reference_feats.shape and query_feats.ndim == 4, (
+        query_feats.shape,
+        reference_feats.shape,
+    )
+    q, r = F.normalize(query_feats, dim=1), F.normalize(reference_feats, dim=1)
+    if shift:
+        r = F.pad(r, (shift,) * 4, mode="replicate")
+    h, w = q.shape[-2:]
+    best = None
+    for dy in range(2 * shift + 1):
+        for dx in range(2 * shift + 1):
+            sim = (q * r[:, :, dy : dy + h, dx : dx + w]).sum(dim=1)
+            best = sim if best is None else torch.maximum(best, sim)
+    return (1.0 - best).clamp_min(0.0)
+
+
 def anomaly_terms(
     query, reference, config: AnomalyConfig = AnomalyConfig(), device: torch.device | str | None = None
 ) -> dict[str, Tensor]:
@@ -202,8 +259,9 @@ def anomaly_terms(
 
     Returns:
         ``{"rgb": ..., "stage1": ..., ...}`` for "splatpose", the matching subset for "rgb"/"features",
-        ``{"ssim": 1 − SSIM}`` for "ssim"; each [B, S, S] (or [S, S] for unbatched input). Their sum,
-        weighted as in ``config``, blurred, is :func:`anomaly_map`.
+        ``{"ssim": 1 − SSIM}`` for "ssim", ``{"cosine1": ...}`` (one per stage) for "cosine"; each
+        [B, S, S] (or [S, S] for unbatched input). Their sum, weighted as in ``config``, blurred, is
+        :func:`anomaly_map`.
     """
     q, batched = _as_batch(query, "query")
     r, _ = _as_batch(reference, "reference")
@@ -223,8 +281,13 @@ def anomaly_terms(
             feats = ext(torch.cat([q, r]))
         B = q.shape[0]
         for stage, f in zip(config.stages, feats, strict=True):
-            d = ((f[:B] - f[B:]) ** 2).sum(dim=1, keepdim=True)
-            terms[f"stage{stage}"] = F.interpolate(d, size=(S, S), mode="bilinear", align_corners=False)[:, 0]
+            if config.method == "cosine":
+                d = shifted_cosine_distance(f[:B], f[B:], config.shift)[:, None]
+                name = f"cosine{stage}"
+            else:
+                d = ((f[:B] - f[B:]) ** 2).sum(dim=1, keepdim=True)
+                name = f"stage{stage}"
+            terms[name] = F.interpolate(d, size=(S, S), mode="bilinear", align_corners=False)[:, 0]
     if config.method == "ssim":
         terms["ssim"] = (1.0 - ssim_map(q, r, config.ssim_window)).clamp_min(0.0)  # rounding can exceed 1
     return terms if batched else {k: v[0] for k, v in terms.items()}
@@ -421,5 +484,6 @@ __all__ = [
     "image_score",
     "resize_images",
     "resize_map",
+    "shifted_cosine_distance",
     "ssim_map",
 ]

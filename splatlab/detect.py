@@ -411,6 +411,7 @@ class ClassRun:
         indices: Which test samples were run (indices into ``MADClass.test``). [M]
         examples: A few detections kept for figures.
         example_positions: Their positions in the arrays above. [E]
+        other_maps: Maps of other anomaly methods from the same queries and references, {method: [M, H, W]}.
     """
 
     name: str
@@ -426,6 +427,23 @@ class ClassRun:
     indices: list[int] = field(default_factory=list)
     examples: list[Detection] = field(default_factory=list)
     example_positions: list[int] = field(default_factory=list)
+    other_maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def with_method(self, method: str) -> ClassRun:
+        """The same run scored with one of ``other_maps`` (no calibrated decisions, no examples)."""
+        if method not in self.other_maps:
+            raise ValueError(f"no maps of method {method!r}; have {sorted(self.other_maps)}")
+        maps = self.other_maps[method]
+        return dataclasses.replace(
+            self,
+            method=method,
+            maps=maps,
+            scores=maps.reshape(len(maps), -1).max(axis=1),
+            decisions=None,
+            examples=[],
+            example_positions=[],
+            other_maps={},
+        )
 
 
 def select_queries(defects: list[str], max_queries: int | None, seed: int = 0) -> list[int]:
@@ -456,6 +474,7 @@ def run_class(
     gt_viewmats: Tensor | None = None,
     n_examples: int = 4,
     progress: bool = True,
+    other_methods: tuple[str, ...] = (),
 ) -> ClassRun:
     """Run :func:`detect` on test samples and collect scores, maps and per-stage times.
 
@@ -468,6 +487,8 @@ def run_class(
         gt_viewmats: Test poses for the pose AUC (evaluation only; the detector never sees them). [T, 4, 4]
         n_examples: Detections kept for figures (the highest-scoring defective and good ones).
         progress: Show a tqdm bar.
+        other_methods: Anomaly methods also applied to each query and its reference (same pose, same
+            render), kept in ``ClassRun.other_maps`` for comparison.
     """
     from tqdm.auto import tqdm
 
@@ -477,9 +498,15 @@ def run_class(
     if not indices:
         raise ValueError("run_class: no test samples to run")
     dets, rot = [], []
+    others: dict[str, list[np.ndarray]] = {m: [] for m in other_methods if m != model.anomaly.method}
     for i in tqdm(indices, desc=f"{name or 'class'} {mode}", leave=False, disable=not progress):
         d = detect(test[i].image, model, mode=mode)
         dets.append(d)
+        for m, maps in others.items():
+            amap = anomaly_map(
+                d.query, d.reference, dataclasses.replace(model.anomaly, method=m, stages=None)
+            )
+            maps.append(resize_map(amap.cpu(), tuple(d.map_full.shape)).numpy())
         if gt_viewmats is not None:
             rot.append(float(pose_error(d.viewmat.double(), gt_viewmats[i].double().cpu())[0]))
     run = ClassRun(
@@ -494,6 +521,7 @@ def run_class(
         decisions=None if model.calibration is None else np.array([bool(d.decision) for d in dets]),
         rot_errors=np.array(rot) if rot else None,
         indices=indices,
+        other_maps={m: np.stack(maps) for m, maps in others.items()},
     )
     run.example_positions = pick_examples(run.scores, run.labels, n_examples)
     run.examples = [dets[i] for i in run.example_positions]

@@ -6,6 +6,7 @@ Shared by ``splatlab demo`` and ``benchmarks/detect.py``. Per class:
 2. a decision threshold from held-out good training views only (never test statistics);
 3. every selected test image through the full pipeline and, optionally, three baselines:
    (a) coarse pose only, (b) the retrieved nearest training image itself, (c) a PatchCore-style memory bank;
+   the other anomaly-map methods of ``compare_methods`` are scored on the same poses and references;
 4. metrics in percent: image AUROC, pixel AUROC, AUPRO to FPR 0.3, per defect type, pose AUC.
 """
 
@@ -32,7 +33,10 @@ class EvalConfig:
     size: int = 128  # image size the classes are loaded and trained at
     train_preset: str | None = "cpu"  # "cpu", "gpu" or "fast"; None: by device and SPLATLAB_FAST
     pose_preset: str = "cpu"  # pose preset: "cpu", "full", "splatpose" or "fast"
-    method: str = "splatpose"  # anomaly map: "splatpose", "rgb", "features" or "ssim"
+    # Anomaly map (splatlab.anomaly.METHODS). "cosine" was chosen on a development split (LEGO-MAD seed 1),
+    # see splatlab.anomaly; "splatpose" is the paper's recipe.
+    method: str = "cosine"
+    compare_methods: tuple[str, ...] = ("splatpose",)  # also scored on the same poses and references
     calibration: str = "pose"  # threshold from held-out views: "pose", "gt_pose" or "none"
     calib_every: int = 8  # calibrate on every n-th training view (8 = training's eval split)
     max_queries: int | None = None  # test images per class, spread over defect types; None = all
@@ -129,8 +133,11 @@ def evaluate_class(
             gt_viewmats=gt,
             n_examples=4 if key == "full" else 0,
             progress=progress,
+            other_methods=config.compare_methods if key == "full" else (),
         )
         runs[key], metrics[key] = run, class_metrics(run)
+        for method in run.other_maps:
+            metrics[f"map:{method}"] = class_metrics(run.with_method(method))
     if config.baselines:
         t0 = time.perf_counter()
         bank = MemoryBank.fit(mc.train.images, MemoryBankConfig())
@@ -160,6 +167,17 @@ def summarize(per_class: list[dict[str, dict]], config: EvalConfig) -> dict:
                 "mean_pixel_auroc": _mean(r["pixel_auroc"] for r in rows),
                 "mean_aupro": _mean(r["aupro"] for r in rows),
                 "seconds_per_query": _mean(r["seconds_per_query"] for r in rows),
+                "classes": [{k: r[k] for k in ("name", "image_auroc", "pixel_auroc", "aupro")} for r in rows],
+            }
+    # The anomaly-map methods on the same poses and references: the pipeline's own first.
+    summary["maps"] = {}
+    for method, key in [(config.method, "full")] + [(m, f"map:{m}") for m in config.compare_methods]:
+        rows = [m[key] for m in per_class if key in m]
+        if rows and method not in summary["maps"]:
+            summary["maps"][method] = {
+                "mean_image_auroc": _mean(r["image_auroc"] for r in rows),
+                "mean_pixel_auroc": _mean(r["pixel_auroc"] for r in rows),
+                "mean_aupro": _mean(r["aupro"] for r in rows),
                 "classes": [{k: r[k] for k in ("name", "image_auroc", "pixel_auroc", "aupro")} for r in rows],
             }
     summary["meta"] = asdict(config) | {

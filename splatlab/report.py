@@ -102,6 +102,20 @@ def markdown_report(summary: Mapping) -> str:
                 row.append(_fmt(per.get(c["name"], {}).get("image_auroc")))
             lines.append(f"| {c['name']} | " + " | ".join(row) + " |")
         lines += ["", "(image AUROC per class)", ""]
+    maps = summary.get("maps", {})
+    if len(maps) > 1:
+        lines += [
+            "## Anomaly maps on the same poses and references (mean over classes)",
+            "",
+            "| map | image AUROC | pixel AUROC | AUPRO@0.3 |",
+            "|---|---:|---:|---:|",
+        ]
+        for method, m in maps.items():
+            lines.append(
+                f"| `{method}` | {_fmt(m.get('mean_image_auroc'))} | {_fmt(m.get('mean_pixel_auroc'))} | "
+                f"{_fmt(m.get('mean_aupro'))} |"
+            )
+        lines += ["", "(the first row is the pipeline's own map; see `splatlab.anomaly` for each method)", ""]
     defects = sorted({d for c in classes for d in c.get("per_defect", {})})
     if defects:
         lines += [

@@ -22,6 +22,7 @@ from splatlab.anomaly import (
     gaussian_blur,
     image_score,
     resize_map,
+    shifted_cosine_distance,
     ssim_map,
 )
 
@@ -76,6 +77,7 @@ def test_terms_per_method_and_their_sum_is_the_map():
         "rgb": {"rgb"},
         "features": {"stage1", "stage2", "stage3", "stage4"},
         "ssim": {"ssim"},
+        "cosine": {"cosine1"},
     }
     for method, names in expected.items():
         cfg = AnomalyConfig(method=method, **SMALL)
@@ -88,6 +90,38 @@ def test_terms_per_method_and_their_sum_is_the_map():
     b = torch.full((1, 64, 64, 3), 0.75)
     rgb = anomaly_terms(a, b, AnomalyConfig(method="rgb", **SMALL))["rgb"]
     torch.testing.assert_close(rgb, torch.full_like(rgb, 3.0))
+
+
+def test_shifted_cosine_distance_forgives_small_shifts_only():
+    g = torch.Generator().manual_seed(5)
+    f = torch.randn(2, 8, 12, 12, generator=g)
+    moved = torch.roll(f, shifts=1, dims=-1)  # the reference one cell to the right
+    inner = (slice(None), slice(2, -2), slice(2, -2))  # away from the rolled-over and replicated borders
+    plain = shifted_cosine_distance(moved, f, 0)
+    tolerant = shifted_cosine_distance(moved, f, 1)
+    assert plain.shape == tolerant.shape == (2, 12, 12)
+    assert float(plain[inner].mean()) > 0.5  # random features one cell apart are unrelated
+    torch.testing.assert_close(tolerant[inner], torch.zeros_like(tolerant[inner]), atol=1e-5, rtol=0)
+    two = torch.roll(f, shifts=2, dims=-2)  # two cells away is beyond shift = 1
+    assert float(shifted_cosine_distance(two, f, 1)[inner].mean()) > 0.3
+    # Cosine ignores a feature's length: a scaled reference is a perfect match.
+    torch.testing.assert_close(
+        shifted_cosine_distance(f, 3.0 * f, 0), torch.zeros(2, 12, 12), atol=1e-5, rtol=0
+    )
+    # Plain cosine distance by hand.
+    expected = 1 - torch.nn.functional.cosine_similarity(moved, f, dim=1)
+    torch.testing.assert_close(plain, expected.clamp_min(0), atol=1e-5, rtol=0)
+
+
+def test_cosine_defaults_to_stage_one_and_stages_can_be_set():
+    assert AnomalyConfig(method="cosine").stages == (1,)
+    assert AnomalyConfig().stages == (1, 2, 3, 4)
+    cfg = AnomalyConfig(method="cosine", stages=[1, 2], **SMALL)
+    assert cfg.stages == (1, 2)
+    q, r = _scene(6, n=1), _with_blob(_scene(6, n=1), 20, 20)
+    assert set(anomaly_terms(q, r, cfg)) == {"cosine1", "cosine2"}
+    with pytest.raises(ValueError, match="shift"):
+        AnomalyConfig(method="cosine", shift=-1)
 
 
 def test_weights_scale_the_terms():

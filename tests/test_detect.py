@@ -186,6 +186,28 @@ def test_run_class_and_metrics(scene, model):
     assert m2["image_auroc"] == 100.0 and np.isnan(m2["pixel_auroc"]) and np.isnan(m2["aupro"])
 
 
+def test_other_maps_come_from_the_same_references(scene, model):
+    from splatlab.anomaly import anomaly_map, resize_map
+
+    splats, views, _ = scene
+    test = _test_set(views)
+    run = run_class(model, test, mode="nearest", progress=False, other_methods=("rgb", model.anomaly.method))
+    assert set(run.other_maps) == {"rgb"}  # the run's own method is not repeated
+    rgb = run.with_method("rgb")
+    assert rgb.method == "rgb" and rgb.decisions is None and rgb.maps.shape == run.maps.shape
+    np.testing.assert_allclose(rgb.scores, rgb.maps.reshape(len(rgb.maps), -1).max(axis=1))
+    # The same query and retrieved training image, another map.
+    i = int(np.flatnonzero(run.labels)[0])  # a defective query: its map is not all zeros
+    det = detect(test[i].image, model, mode="nearest")
+    cfg = dataclasses.replace(model.anomaly, method="rgb")
+    expected = resize_map(anomaly_map(det.query, det.reference, cfg), (SIZE, SIZE)).numpy()
+    assert expected.max() > 0.1
+    np.testing.assert_allclose(rgb.maps[i], expected, rtol=1e-5, atol=1e-6)
+    assert class_metrics(rgb)["image_auroc"] > 50
+    with pytest.raises(ValueError, match="ssim"):
+        run.with_method("ssim")
+
+
 def test_select_queries_is_balanced_and_deterministic():
     defects = ["good"] * 10 + ["Burrs"] * 10 + ["Missing"] * 10 + ["Stains"] * 10
     idx = select_queries(defects, 8)
