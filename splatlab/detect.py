@@ -412,6 +412,7 @@ class ClassRun:
         examples: A few detections kept for figures.
         example_positions: Their positions in the arrays above. [E]
         other_maps: Maps of other anomaly methods from the same queries and references, {method: [M, H, W]}.
+        other_scores: Their image scores (map maxima at the anomaly size, as ``scores``), {method: [M]}.
     """
 
     name: str
@@ -428,21 +429,22 @@ class ClassRun:
     examples: list[Detection] = field(default_factory=list)
     example_positions: list[int] = field(default_factory=list)
     other_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    other_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     def with_method(self, method: str) -> ClassRun:
         """The same run scored with one of ``other_maps`` (no calibrated decisions, no examples)."""
         if method not in self.other_maps:
             raise ValueError(f"no maps of method {method!r}; have {sorted(self.other_maps)}")
-        maps = self.other_maps[method]
         return dataclasses.replace(
             self,
             method=method,
-            maps=maps,
-            scores=maps.reshape(len(maps), -1).max(axis=1),
+            maps=self.other_maps[method],
+            scores=self.other_scores[method],
             decisions=None,
             examples=[],
             example_positions=[],
             other_maps={},
+            other_scores={},
         )
 
 
@@ -499,6 +501,7 @@ def run_class(
         raise ValueError("run_class: no test samples to run")
     dets, rot = [], []
     others: dict[str, list[np.ndarray]] = {m: [] for m in other_methods if m != model.anomaly.method}
+    other_scores: dict[str, list[float]] = {m: [] for m in others}
     for i in tqdm(indices, desc=f"{name or 'class'} {mode}", leave=False, disable=not progress):
         d = detect(test[i].image, model, mode=mode)
         dets.append(d)
@@ -507,6 +510,7 @@ def run_class(
                 d.query, d.reference, dataclasses.replace(model.anomaly, method=m, stages=None)
             )
             maps.append(resize_map(amap.cpu(), tuple(d.map_full.shape)).numpy())
+            other_scores[m].append(float(image_score(amap)))
         if gt_viewmats is not None:
             rot.append(float(pose_error(d.viewmat.double(), gt_viewmats[i].double().cpu())[0]))
     run = ClassRun(
@@ -522,6 +526,7 @@ def run_class(
         rot_errors=np.array(rot) if rot else None,
         indices=indices,
         other_maps={m: np.stack(maps) for m, maps in others.items()},
+        other_scores={m: np.array(s) for m, s in other_scores.items()},
     )
     run.example_positions = pick_examples(run.scores, run.labels, n_examples)
     run.examples = [dets[i] for i in run.example_positions]

@@ -195,7 +195,7 @@ def test_other_maps_come_from_the_same_references(scene, model):
     assert set(run.other_maps) == {"rgb"}  # the run's own method is not repeated
     rgb = run.with_method("rgb")
     assert rgb.method == "rgb" and rgb.decisions is None and rgb.maps.shape == run.maps.shape
-    np.testing.assert_allclose(rgb.scores, rgb.maps.reshape(len(rgb.maps), -1).max(axis=1))
+    np.testing.assert_allclose(rgb.scores, run.other_scores["rgb"])
     # The same query and retrieved training image, another map.
     i = int(np.flatnonzero(run.labels)[0])  # a defective query: its map is not all zeros
     det = detect(test[i].image, model, mode="nearest")
@@ -203,6 +203,8 @@ def test_other_maps_come_from_the_same_references(scene, model):
     expected = resize_map(anomaly_map(det.query, det.reference, cfg), (SIZE, SIZE)).numpy()
     assert expected.max() > 0.1
     np.testing.assert_allclose(rgb.maps[i], expected, rtol=1e-5, atol=1e-6)
+    # Scored like the pipeline: the maximum of the map at the anomaly size, before resizing.
+    assert rgb.scores[i] == pytest.approx(float(anomaly_map(det.query, det.reference, cfg).max()), rel=1e-5)
     assert class_metrics(rgb)["image_auroc"] > 50
     with pytest.raises(ValueError, match="ssim"):
         run.with_method("ssim")
