@@ -28,9 +28,13 @@ held-out good maps did not help.
 **Calibration** (:func:`calibrate`) uses defect-free data only: the maps of held-out good views of the
 class. It stores a per-class normalisation and a decision threshold:
 
-- ``threshold`` = ``q + margin · (q − median)``, where ``q`` is the ``quantile`` (0.99) of the held-out good
-  image scores and ``median`` their median: a little headroom above the worst good view, scaled by how much
-  the good scores spread;
+- ``threshold`` = ``median + k · σ``, with ``median`` the median of the held-out good image scores and
+  ``σ = 1.4826 · MAD`` a robust standard deviation (MAD: median absolute deviation from the median; the
+  factor makes it the standard deviation for normal data). ``k = 3.5`` is the usual cut-off for such robust
+  z-scores. Being robust matters here: a held-out view whose pose is hard can score like a defect (one of
+  02Puppy's 15 scores is 2.5× the next), and a rule built on the worst good score then misses most
+  defects. On the development split the robust rule caught 74 % of the defects at 0.6 % false alarms,
+  against 63 % at 2.2 % for the 0.99 quantile plus half its spread above the median;
 - ``normalize(x) = (x − pixel_median) / (threshold − pixel_median)``: 0 is a typical pixel of a good map, 1 is
   the decision threshold, so a normalised map reads "how far towards 'defective' is this pixel" the same
   way in every class. SplatPose min–max normalises maps over the test set; we never look at test data.
@@ -341,18 +345,15 @@ def image_score(maps: Tensor) -> Tensor:
 class CalibrationConfig:
     """How the decision threshold is set from held-out good views."""
 
-    quantile: float = 0.99  # quantile of the good image scores that the threshold starts from
-    margin: float = 0.5  # threshold = q + margin · (q − median of the good scores)
+    k: float = 3.5  # threshold = median + k · 1.4826 · MAD of the good image scores (robust z-score)
     source: Literal["pose", "gt_pose"] = "pose"  # held-out views rendered at the pose pipeline's estimate
     #   ("pose": same conditions as a test query, honest) or at their known pose ("gt_pose": no pose error,
     #   so a lower, optimistic threshold)
     holdout_every: int = 8  # held-out good views: every n-th training view (training's eval split)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.quantile <= 1.0:
-            raise ValueError(f"quantile must be in (0, 1], got {self.quantile}")
-        if self.margin < 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if not (math.isfinite(self.k) and self.k > 0):
+            raise ValueError(f"k must be a positive number, got {self.k}")
         if self.source not in ("pose", "gt_pose"):
             raise ValueError(f"source must be 'pose' or 'gt_pose', got {self.source!r}")
         if self.holdout_every < 2:
@@ -368,9 +369,8 @@ class Calibration:
     n_views: int  # number of held-out good views
     pixel_median: float  # median pixel value of their maps: 0 after normalisation
     score_median: float  # median image score of the good views
-    score_quantile: float  # the `quantile` of the good image scores
-    quantile: float  # which quantile
-    margin: float  # headroom factor, see CalibrationConfig
+    score_sigma: float  # robust spread of the good image scores: 1.4826 · their MAD
+    k: float  # threshold = score_median + k · score_sigma, see CalibrationConfig
     threshold: float  # raw image scores above this are called defective: 1 after normalisation
     good_scores: tuple[float, ...] = ()  # the held-out good image scores, for plots
 
@@ -408,7 +408,13 @@ class Calibration:
         if not path.is_file():
             raise FileNotFoundError(f"no calibration file at {path}")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            d = json.loads(path.read_text())
+            if isinstance(d, dict) and "margin" in d and "k" not in d:
+                raise ValueError(
+                    f"{path} was written by an older splatlab (quantile-and-margin threshold); "
+                    "calibrate again"
+                )
+            return cls.from_dict(d)
         except (json.JSONDecodeError, TypeError, KeyError) as exc:
             raise ValueError(f"{path}: not a calibration file ({exc})") from exc
 
@@ -425,6 +431,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+_MAD_TO_SIGMA = 1.4826  # MAD × this = standard deviation, for normally distributed data
+
+
 def calibrate(
     good_maps: Tensor | Sequence[Tensor],
     method: str = "splatpose",
@@ -435,7 +444,7 @@ def calibrate(
     Args:
         good_maps: Maps of defect-free views only (never test images). [M, H, W]
         method: The anomaly method that made them (stored, to refuse mixing methods later).
-        config: Quantile, margin and the source label to record.
+        config: The robust z-score cut-off ``k`` and the source label to record.
 
     Returns:
         The calibration; a warning is logged when fewer than 5 views are given.
@@ -449,9 +458,12 @@ def calibrate(
     if maps.shape[0] < 5:
         log.warning("calibrating from only %d good views; the threshold will be rough", maps.shape[0])
     scores = image_score(maps).double().numpy()
-    q = float(np.quantile(scores, config.quantile))
     med = float(np.median(scores))
-    threshold = q + config.margin * (q - med)
+    sigma = _MAD_TO_SIGMA * float(np.median(np.abs(scores - med)))
+    if sigma == 0.0:  # more than half the good scores tie: fall back to the plain standard deviation
+        log.warning("the held-out good scores have zero MAD; using their standard deviation instead")
+        sigma = float(np.std(scores))
+    threshold = med + config.k * sigma
     # Median of a subsample of pixels is plenty and keeps this cheap for many views.
     flat = maps.reshape(-1)
     step = max(1, flat.numel() // 1_000_000)
@@ -464,9 +476,8 @@ def calibrate(
         n_views=int(maps.shape[0]),
         pixel_median=pixel_median,
         score_median=med,
-        score_quantile=q,
-        quantile=config.quantile,
-        margin=config.margin,
+        score_sigma=sigma,
+        k=config.k,
         threshold=float(threshold),
         good_scores=tuple(float(s) for s in scores),
     )

@@ -205,7 +205,11 @@ class DetectorModel:
             pose_config = dataclasses.replace(pose_config, eps2d=eps2d)
         model = cls(splats, retriever, pose_config, anomaly, None, run_dir)
         if calibration_source is not None and model.calibration_path(calibration_source).is_file():
-            model.calibration = Calibration.load(model.calibration_path(calibration_source))
+            try:
+                model.calibration = Calibration.load(model.calibration_path(calibration_source))
+            except ValueError as exc:  # a stale or broken cache: calibrating again replaces it
+                log.warning("ignoring the saved calibration: %s", exc)
+                return model
             if model.calibration.method != anomaly.method:
                 raise ValueError(
                     f"{model.calibration_path(calibration_source)} was made for method "
@@ -229,7 +233,7 @@ class DetectorModel:
 
         Args:
             views: The training views the retriever was built from. [V]
-            config: Quantile, margin, source and hold-out spacing; None means the defaults.
+            config: Threshold cut-off ``k``, source and hold-out spacing; None means the defaults.
             mode: The pipeline used for ``source == "pose"``.
             save: Write ``calibration_<method>_<source>.json`` next to the run (atomically).
         """

@@ -184,20 +184,37 @@ def _good_and_bad_maps(seed: int = 0):
 
 def test_calibration_uses_good_maps_and_separates():
     good, bad = _good_and_bad_maps()
-    cal = calibrate(good, "splatpose", CalibrationConfig(quantile=0.99, margin=0.5))
+    cal = calibrate(good, "splatpose", CalibrationConfig(k=3.5))
     scores = image_score(good).double().numpy()
-    q = np.quantile(scores, 0.99)
-    assert cal.threshold == pytest.approx(q + 0.5 * (q - np.median(scores)))
-    assert cal.threshold >= scores.max() - 1e-9  # no good calibration view is called defective
+    med = np.median(scores)
+    sigma = 1.4826 * np.median(np.abs(scores - med))
+    assert cal.score_median == pytest.approx(med) and cal.score_sigma == pytest.approx(sigma)
+    assert cal.threshold == pytest.approx(med + 3.5 * sigma)
     assert not cal.decide(image_score(good)).any()
     assert cal.decide(image_score(bad)).all()
     assert cal.n_views == 20 and len(cal.good_scores) == 20
     # Normalised scale: 0 is the typical good pixel, 1 the threshold.
     assert cal.normalize(cal.threshold) == pytest.approx(1.0)
     assert cal.normalize(cal.pixel_median) == pytest.approx(0.0)
-    # margin 0 and quantile 1: the threshold is the worst good score exactly
-    tight = calibrate(good, "splatpose", CalibrationConfig(quantile=1.0, margin=0.0))
-    assert tight.threshold == pytest.approx(scores.max())
+
+
+def test_calibration_is_robust_to_one_odd_good_view():
+    good, bad = _good_and_bad_maps()
+    odd = good.clone()
+    odd[0, 5, 5] += 10.0  # one held-out view scores far above the rest (say, a hard pose)
+    base, robust = calibrate(good), calibrate(odd)
+    spread = base.threshold - base.score_median
+    assert abs(robust.threshold - base.threshold) < 0.25 * spread  # a max-based rule would move by ~10
+    assert robust.decide(image_score(bad)).all()
+    assert robust.decide(image_score(odd[:1])).all()  # the odd view itself is called defective
+
+
+def test_calibration_falls_back_when_good_scores_tie():
+    good = torch.zeros(6, 8, 8)
+    good[:, 0, 0] = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.2, 1.4])  # MAD 0: more than half tie
+    cal = calibrate(good)
+    assert cal.score_sigma == pytest.approx(np.std([1.0, 1.0, 1.0, 1.0, 1.2, 1.4]))
+    assert cal.threshold > 1.4
 
 
 def test_calibration_round_trips_through_json_atomically(tmp_path):
@@ -213,6 +230,10 @@ def test_calibration_round_trips_through_json_atomically(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="bad.json"):
         Calibration.load(tmp_path / "bad.json")
+    old = {k: v for k, v in cal.to_dict().items() if k not in ("k", "score_sigma")}
+    (tmp_path / "old.json").write_text(json.dumps(old | {"quantile": 0.99, "margin": 0.5}))
+    with pytest.raises(ValueError, match="old.json was written by an older splatlab"):
+        Calibration.load(tmp_path / "old.json")
 
 
 def test_calibration_rejects_bad_input():
@@ -220,7 +241,7 @@ def test_calibration_rejects_bad_input():
         calibrate(torch.zeros(0, 4, 4))
     with pytest.raises(ValueError, match="NaN"):
         calibrate(torch.full((3, 4, 4), float("nan")))
-    with pytest.raises(ValueError, match="quantile"):
-        CalibrationConfig(quantile=0.0)
+    with pytest.raises(ValueError, match="k must"):
+        CalibrationConfig(k=0.0)
     with pytest.raises(ValueError, match="source"):
         CalibrationConfig(source="test_set")

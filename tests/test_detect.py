@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import warnings
 
@@ -128,7 +129,7 @@ def test_modes_nearest_coarse_full(scene, model):
     assert f.score < c.score
 
 
-def test_calibration_from_good_views_gives_decisions(scene, model):
+def test_calibration_from_good_views_gives_decisions(scene, model, caplog):
     splats, views, run = scene
     assert holdout_indices(16, 8) == [0, 8]
     cal = model.calibrate(views, CalibrationConfig(source="gt_pose", holdout_every=4))
@@ -145,6 +146,15 @@ def test_calibration_from_good_views_gives_decisions(scene, model):
     other = DetectorModel(again.splats, again.retriever, POSE, AnomalyConfig(method="rgb", size=64), cal)
     with pytest.raises(ValueError, match="calibration was made for method"):
         detect(views.images[2], other, viewmat=vm)
+    # A calibration saved by an older splatlab is ignored with a warning, not used or fatal.
+    stale = run / "calibration_splatpose_gt_pose.json"
+    stale.write_text(json.dumps({"method": "splatpose", "quantile": 0.99, "margin": 0.5}))
+    with caplog.at_level(logging.WARNING, logger="splatlab"):
+        fresh = DetectorModel.from_run(
+            run, views, pose_config=POSE, anomaly=ANOMALY, calibration_source="gt_pose"
+        )
+    assert fresh.calibration is None and "older splatlab" in caplog.text
+    stale.unlink()
     model.calibration = None
 
 
