@@ -79,7 +79,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default=None, help="run root for trained splats (default: runs/)")
     p.add_argument("--size", type=int, default=128, help="image size the classes are loaded and trained at")
     p.add_argument("--train-preset", default="cpu", help="training preset (cpu, gpu, fast)")
-    p.add_argument("--pose-preset", default="cpu", help="pose preset (cpu, full, splatpose, fast)")
+    p.add_argument(
+        "--pose-preset", default=None, help="pose preset (cpu, gpu, splatpose, fast); default: cpu on a CPU"
+    )
     p.add_argument("--method", default="cosine", help="anomaly map: cosine, splatpose, rgb, features, ssim")
     p.add_argument(
         "--compare",

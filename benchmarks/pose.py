@@ -113,8 +113,8 @@ def main() -> int:
     from splatlab.pose import estimate_pose, pose_config
     from splatlab.pose_eval import evaluate_poses
     from splatlab.retrieval import Retriever
+    from splatlab.run import ensure_trained, run_eps2d
     from splatlab.splats import load_ply
-    from splatlab.train import ensure_trained, run_eps2d
 
     overrides = {"num_threads": args.threads} | ({"method": args.method} if args.method else {})
     overrides |= parse_overrides(args.set, parser)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -47,13 +46,11 @@ def demo_cli(
         names = [c.name for c in classes]
         wanted = class_name or names[0]
         if wanted not in names:
-            print(f"splatlab demo: unknown --class-name {wanted!r}; choose from {names}", file=sys.stderr)
-            return 2
+            raise ValueError(f"--class-name {wanted!r}: unknown class; choose from {names}")
         classes = [c for c in classes if c.name == wanted]
     preset = "fast" if fast else "cpu"
-    config = EvalConfig(
-        size=size, train_preset=preset, pose_preset=preset, max_queries=max_queries, baselines=baselines
-    )
+    # the pose preset is splatlab's default (splatlab.pose.default_preset; "fast" under SPLATLAB_FAST=1)
+    config = EvalConfig(size=size, train_preset=preset, max_queries=max_queries, baselines=baselines)
     log.info(
         "step 2/3: train (cached under runs/), calibrate and detect on %s", ", ".join(c.name for c in classes)
     )

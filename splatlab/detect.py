@@ -3,9 +3,14 @@
 :func:`detect` runs SplatPose's pipeline on one query image with a :class:`DetectorModel` (the splats of
 the good object, a retriever over its training views, the configs and an optional calibration)::
 
-    model = DetectorModel.from_run(run_dir, views)           # views = load_mad_class(d).train
-    model.calibrate(views)                                   # good views only; saved next to the run
-    det = detect(query, model)                               # det.map, det.score, det.decision, det.times
+    model = load_detector(run_dir)          # the run folder names its training data; calibration loaded
+    model.calibrate(model.views)            # once, if it has none: good views only, saved in the run folder
+    det = detect(query, model)              # det.map, det.score, det.decision, det.times
+
+The defaults are the best measured ones, the same as ``splatlab detect``, ``splatlab demo`` and
+``benchmarks/detect.py``: the ``cosine`` anomaly map and the pose preset :func:`splatlab.pose.default_preset`
+(``cpu`` on a CPU, ``gpu`` on CUDA). SplatPose's own recipe is one argument away:
+``load_detector(run_dir, anomaly=AnomalyConfig.paper(), pose_config=pose_config("splatpose"))``.
 
 ``mode`` picks the pipeline or a baseline that shares every other step:
 
@@ -59,11 +64,21 @@ def prepare_query(query, height: int, width: int, name: str = "query") -> Tensor
     """Turn a user's image into float32 RGB [height, width, 3] in [0, 1], saying what was converted.
 
     Accepted: float images in [0, 1] or uint8 images in [0, 255]; RGB [H, W, 3]; grayscale [H, W] or
-    [H, W, 1] (replicated to RGB); RGBA [H, W, 4] (composited on white, like MAD's loader). Another size is
-    resized to the model's views (bilinear, antialiased) and logged.
+    [H, W, 1] (replicated to RGB); RGBA [H, W, 4] (composited on white, like MAD's loader). Another size
+    keeps its aspect ratio: the image is **padded** with white (centred) to the model's aspect ratio, then
+    resized (bilinear, antialiased) to the model's views, with a warning. Padding, not cropping: MAD-style
+    objects sit on white, so a pad adds only background, while a crop could cut off the part with the
+    defect. :func:`query_padding` gives the pad, so maps can be cut back to the image as given.
+
+    Args:
+        query: The image. [H, W, 3], [H, W, 4], [H, W] or [H, W, 1]
+        height: The model's image height.
+        width: The model's image width.
+        name: What to call the image in messages (its file name, for a user's file).
 
     Raises:
-        ValueError: Any other layout (a batch, 2 or 5+ channels), a non-numeric dtype, or NaN/inf.
+        ValueError: Any other layout (a batch, 2 or 5+ channels), a non-numeric dtype, NaN/inf, or values
+            outside [0, 1] (float) / [0, 255] (uint8); the message starts with ``name``.
     """
     if isinstance(query, np.ndarray):
         query = torch.from_numpy(np.ascontiguousarray(query))
@@ -102,16 +117,37 @@ def prepare_query(query, height: int, width: int, name: str = "query") -> Tensor
         )
     query = query.clamp(0, 1)
     if tuple(query.shape[:2]) != (height, width):
-        log.warning(
-            "%s is %dx%d (HxW) but the model's views are %dx%d; resizing it",
-            name,
-            query.shape[0],
-            query.shape[1],
-            height,
-            width,
-        )
+        top, left, ph, pw = query_padding(query.shape[0], query.shape[1], height, width)
+        if (ph, pw) != tuple(query.shape[:2]):
+            canvas = torch.ones(ph, pw, 3, dtype=query.dtype, device=query.device)  # white, as MAD's
+            canvas[top : top + query.shape[0], left : left + query.shape[1]] = query
+            log.warning(
+                "%s: is %dx%d (WxH), another aspect ratio than the model's %dx%d; padded with white to "
+                "%dx%d and resized to %dx%d",
+                name, query.shape[1], query.shape[0], width, height, pw, ph, width, height,
+            )
+            query = canvas
+        else:
+            log.warning("%s: is %dx%d (WxH); resized to the model's %dx%d",
+                        name, query.shape[1], query.shape[0], width, height)
         query = resize_images(query[None], (height, width))[0].clamp(0, 1)
     return query.contiguous()
+
+
+def query_padding(h: int, w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """How :func:`prepare_query` pads an ``h × w`` image to the model's aspect ``height : width``.
+
+    Returns:
+        ``(top, left, padded_h, padded_w)``: the image sits at ``[top : top + h, left : left + w]`` of the
+        white ``padded_h × padded_w`` canvas (the image itself when the aspect ratios agree).
+    """
+    if h * width == w * height:
+        return 0, 0, h, w
+    if w * height > h * width:  # wider than the model: pad top and bottom
+        ph = max(h, round(w * height / width))
+        return (ph - h) // 2, 0, ph, w
+    pw = max(w, round(h * width / height))
+    return 0, (pw - w) // 2, h, pw
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -135,6 +171,7 @@ class DetectorModel:
         anomaly: How maps are made.
         calibration: Normalisation and threshold from good views; None gives no yes/no decision.
         run_dir: The training run folder, where calibrations are saved.
+        views: The training views the retriever indexes (what :meth:`calibrate` holds out), or None.
     """
 
     splats: torch.nn.ParameterDict
@@ -143,6 +180,7 @@ class DetectorModel:
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     calibration: Calibration | None = None
     run_dir: Path | None = None
+    views: object | None = None
 
     @property
     def height(self) -> int:
@@ -160,40 +198,50 @@ class DetectorModel:
     def from_run(
         cls,
         run_dir: str | Path,
-        views,
+        views=None,
         pose_config=None,
         anomaly: AnomalyConfig | None = None,
         retrieval: str = "features",
         calibration_source: str | None = "pose",
         device=None,
+        data: str | Path | None = None,
     ) -> DetectorModel:
         """Load ``run_dir/splats.ply``, index the training views, and load a saved calibration if any.
 
         Args:
             run_dir: A training run folder holding ``splats.ply``.
-            views: The class's training views (:class:`splatlab.data.TrainViews`), at the run's size. [V]
-            pose_config: Pose settings; None means ``pose_config("full")`` (``"fast"`` with SPLATLAB_FAST=1).
-                Its ``eps2d`` is replaced by the run's (``config.json``), so the splats render as trained.
-            anomaly: Anomaly-map settings; None means SplatPose's recipe.
+            views: The class's training views (:class:`splatlab.data.TrainViews`), at the run's size; None
+                reads them from the class folder the run's ``config.json`` names (or ``data``). [V]
+            pose_config: Pose settings; None means the preset :func:`splatlab.pose.default_preset` picks
+                for ``device`` (``cpu`` on a CPU, ``gpu`` on CUDA, ``fast`` with SPLATLAB_FAST=1). Its
+                ``eps2d`` is replaced by the run's (``config.json``), so the splats render as trained.
+            anomaly: Anomaly-map settings; None means :class:`AnomalyConfig`'s defaults (the ``cosine``
+                map; ``AnomalyConfig.paper()`` is SplatPose's recipe).
             retrieval: Coarse retrieval method, "features" or "sift".
             calibration_source: Which saved calibration to load ("pose" or "gt_pose"); None loads none.
             device: Where to put the splats; None means CPU.
+            data: The class folder to read the views from, when it has moved since training.
         """
+        from splatlab.pose import default_preset
         from splatlab.pose import pose_config as make_pose_config
         from splatlab.retrieval import Retriever
+        from splatlab.run import run_eps2d
         from splatlab.splats import load_ply
-        from splatlab.train import run_eps2d
 
         run_dir = Path(run_dir)
         ply = run_dir / "splats.ply"
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"{run_dir}: run folder not found")
         if not ply.is_file():
-            raise FileNotFoundError(f"{ply} not found: is {run_dir} a training run folder?")
+            raise FileNotFoundError(f"{ply}: not found; is {run_dir} a training run folder?")
+        if views is None:
+            views = _run_views(run_dir, data)
         anomaly = AnomalyConfig() if anomaly is None else anomaly
         splats = load_ply(ply, device=device)
         retriever = Retriever.build(
             views.images, views.cameras, method=retrieval, cache_dir=run_dir, device=device
         )
-        pose_config = pose_config or make_pose_config("full")
+        pose_config = pose_config or make_pose_config(default_preset(device))
         eps2d = run_eps2d(run_dir)
         if eps2d != pose_config.eps2d:  # render the splats as they were trained
             log.info(
@@ -203,7 +251,7 @@ class DetectorModel:
                 pose_config.eps2d,
             )
             pose_config = dataclasses.replace(pose_config, eps2d=eps2d)
-        model = cls(splats, retriever, pose_config, anomaly, None, run_dir)
+        model = cls(splats, retriever, pose_config, anomaly, None, run_dir, views)
         if calibration_source is not None and model.calibration_path(calibration_source).is_file():
             try:
                 model.calibration = Calibration.load(model.calibration_path(calibration_source))
@@ -218,12 +266,14 @@ class DetectorModel:
         return model
 
     def calibration_path(self, source: str) -> Path:
+        from splatlab.run import calibration_path
+
         if self.run_dir is None:
             raise ValueError("this model has no run_dir to keep calibrations in")
-        return Path(self.run_dir) / f"calibration_{self.anomaly.method}_{source}.json"
+        return calibration_path(self.run_dir, self.anomaly.method, source)
 
     def calibrate(
-        self, views, config: CalibrationConfig | None = None, mode: Mode = "full", save: bool = True
+        self, views=None, config: CalibrationConfig | None = None, mode: Mode = "full", save: bool = True
     ) -> Calibration:
         """Calibrate on held-out *good* training views (never test images) and keep the result.
 
@@ -232,12 +282,15 @@ class DetectorModel:
         ``"gt_pose"`` it is rendered at its known pose (no pose error: a lower, optimistic threshold).
 
         Args:
-            views: The training views the retriever was built from. [V]
+            views: The training views the retriever was built from; None means ``self.views``. [V]
             config: Threshold cut-off ``k``, source and hold-out spacing; None means the defaults.
             mode: The pipeline used for ``source == "pose"``.
             save: Write ``calibration_<method>_<source>.json`` next to the run (atomically).
         """
         config = CalibrationConfig() if config is None else config
+        views = self.views if views is None else views
+        if views is None:
+            raise ValueError("calibrate: views is None and the model holds no training views")
         idx = holdout_indices(len(views.images), config.holdout_every)
         maps = []
         for i in idx:
@@ -256,6 +309,50 @@ class DetectorModel:
         if save and self.run_dir is not None:
             self.calibration.save(self.calibration_path(config.source))
         return self.calibration
+
+
+def _run_views(run_dir: Path, data: str | Path | None):
+    """The training views of a run, from the class folder its config.json names (or ``data``)."""
+    from splatlab.data.mad import load_train
+    from splatlab.run import find_class_dir, read_config
+
+    class_dir = find_class_dir(run_dir, data)
+    config, section = read_config(run_dir)
+    size = section.get("size") if section else config.resolution
+    return load_train(class_dir, size)
+
+
+def load_detector(
+    run_dir: str | Path,
+    *,
+    data: str | Path | None = None,
+    anomaly: AnomalyConfig | None = None,
+    pose_config=None,
+    calibration_source: str | None = "pose",
+    device=None,
+) -> DetectorModel:
+    """The detector of a run folder, with nothing else to give: ``load_detector("runs/01Cat-cpu-128px")``.
+
+    Reads the splats, the training views from the class folder the run's ``config.json`` names (relative to
+    the run folder where it can be), the eps2d the splats were trained with and the saved calibration of
+    the anomaly method, if there is one (:meth:`DetectorModel.calibrate` makes it). The defaults are the
+    best measured ones, as everywhere in splatlab: the ``cosine`` map and the pose preset
+    :func:`splatlab.pose.default_preset` picks for ``device``.
+
+    Args:
+        run_dir: A run folder of ``splatlab train`` or ``ensure_trained``.
+        data: The class folder, when it is no longer where the run's config.json says.
+        anomaly: Anomaly-map settings; ``AnomalyConfig.paper()`` is SplatPose's recipe.
+        pose_config: Pose settings; ``pose_config("splatpose")`` is the paper's refinement.
+        calibration_source: Which saved calibration to load ("pose" or "gt_pose"); None loads none.
+        device: Where to put the splats and run; None means CPU.
+
+    Raises:
+        FileNotFoundError: No run folder or ``splats.ply``, or the class folder is not where the run says
+            (the message names the path it expected and ``data=``).
+    """
+    return DetectorModel.from_run(run_dir, None, pose_config=pose_config, anomaly=anomaly,
+                                  calibration_source=calibration_source, device=device, data=data)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -322,25 +419,27 @@ def detect(
     mode: Mode = "full",
     viewmat: Tensor | None = None,
     exclude: list[int] | None = None,
+    name: str = "query",
 ) -> Detection:
     """Detect anomalies in one query image of unknown pose.
 
     Args:
         query: RGB image on white: float [0, 1] or uint8; grayscale/RGBA are converted, another size is
-            resized (and logged). [H, W, 3]
+            padded to the model's aspect ratio and resized, see :func:`prepare_query`. [H, W, 3]
         model: Splats, retriever, configs and calibration of the class.
         mode: "full" (retrieve + refine + render), "coarse" (render at the retrieved view, no refinement)
             or "nearest" (compare with the retrieved training image, no rendering).
         viewmat: A known pose to render at instead of estimating one (teaching, calibration, tests). [4, 4]
         exclude: Training views not to retrieve (a held-out view's own index). [E]
+        name: What messages call the query (e.g. its file name).
 
     Returns:
-        The :class:`Detection`.
+        The :class:`Detection`; ``map_full`` is cut back to the query as given (the pad removed).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     raw_hw = tuple(np.shape(query)[:2])
-    q = prepare_query(query, model.height, model.width)
+    q = prepare_query(query, model.height, model.width, name)
     times = {"coarse": 0.0, "hypotheses": 0.0, "refine": 0.0, "render": 0.0, "score": 0.0}
     pose, retrieved, reference = None, None, None
     if viewmat is not None:
@@ -369,7 +468,8 @@ def detect(
     t0 = time.perf_counter()
     amap = anomaly_map(q, reference, model.anomaly).cpu()
     score = float(image_score(amap))
-    map_full = resize_map(amap, raw_hw if len(raw_hw) == 2 else (model.height, model.width))
+    top, left, ph, pw = query_padding(*raw_hw, model.height, model.width)
+    map_full = resize_map(amap, (ph, pw))[top : top + raw_hw[0], left : left + raw_hw[1]]
     times["score"] = time.perf_counter() - t0
     times["total"] = sum(times.values())
     cal = model.calibration
@@ -417,6 +517,7 @@ class ClassRun:
         example_positions: Their positions in the arrays above. [E]
         other_maps: Maps of other anomaly methods from the same queries and references, {method: [M, H, W]}.
         other_scores: Their image scores (map maxima at the anomaly size, as ``scores``), {method: [M]}.
+        calibration: The calibration the decisions came from (one colour scale for the class's maps).
     """
 
     name: str
@@ -434,6 +535,7 @@ class ClassRun:
     example_positions: list[int] = field(default_factory=list)
     other_maps: dict[str, np.ndarray] = field(default_factory=dict)
     other_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    calibration: Calibration | None = None
 
     def with_method(self, method: str) -> ClassRun:
         """The same run scored with one of ``other_maps`` (no calibrated decisions, no examples)."""
@@ -445,6 +547,7 @@ class ClassRun:
             maps=self.other_maps[method],
             scores=self.other_scores[method],
             decisions=None,
+            calibration=None,
             examples=[],
             example_positions=[],
             other_maps={},
@@ -531,6 +634,7 @@ def run_class(
         indices=indices,
         other_maps={m: np.stack(maps) for m, maps in others.items()},
         other_scores={m: np.array(s) for m, s in other_scores.items()},
+        calibration=model.calibration,
     )
     run.example_positions = pick_examples(run.scores, run.labels, n_examples)
     run.examples = [dets[i] for i in run.example_positions]
@@ -604,8 +708,10 @@ __all__ = [
     "class_metrics",
     "detect",
     "holdout_indices",
+    "load_detector",
     "pick_examples",
     "prepare_query",
+    "query_padding",
     "render_reference",
     "run_class",
     "select_queries",

@@ -32,7 +32,9 @@ MODES = {"full": "full", "coarse_only": "coarse", "nearest_view": "nearest"}
 class EvalConfig:
     size: int = 128  # image size the classes are loaded and trained at
     train_preset: str | None = "cpu"  # "cpu", "gpu" or "fast"; None: by device and SPLATLAB_FAST
-    pose_preset: str = "cpu"  # pose preset: "cpu", "full", "splatpose" or "fast"
+    # pose preset: "cpu", "gpu", "splatpose" (the paper's) or "fast"; None: splatlab.pose.default_preset
+    # ("cpu" here: the evaluation runs on the CPU), as load_detector and `splatlab detect`
+    pose_preset: str | None = None
     # Anomaly map (splatlab.anomaly.METHODS). "cosine" was chosen on a development split (LEGO-MAD seed 1),
     # see splatlab.anomaly; "splatpose" is the paper's recipe.
     method: str = "cosine"
@@ -89,8 +91,8 @@ def evaluate_class(
     from splatlab.baselines import MemoryBank, MemoryBankConfig, run_memory_bank
     from splatlab.data import load_mad_class, load_test_poses
     from splatlab.detect import DetectorModel, class_metrics, run_class, select_queries
-    from splatlab.pose import pose_config
-    from splatlab.train import ensure_trained
+    from splatlab.pose import default_preset, pose_config
+    from splatlab.run import ensure_trained
 
     class_dir = Path(class_dir)
     name = class_dir.name
@@ -101,7 +103,7 @@ def evaluate_class(
     model = DetectorModel.from_run(
         run_dir,
         mc.train,
-        pose_config=pose_config(config.pose_preset),
+        pose_config=pose_config(config.pose_preset or default_preset()),
         anomaly=AnomalyConfig(method=config.method),
         calibration_source=None if config.calibration == "none" else config.calibration,
     )

@@ -65,6 +65,7 @@ __all__ = [
     "PoseDivergedError",
     "PoseResult",
     "apply_delta",
+    "default_preset",
     "delta_between",
     "estimate_pose",
     "pose_config",
@@ -134,7 +135,8 @@ class PoseConfig:
             raise ValueError(f"translation_scale must be positive or None, got {self.translation_scale}")
 
 
-#: Named settings. "splatpose": the paper's refinement from the single best match. "full": the defaults.
+#: Named settings. "splatpose": the paper's refinement from the single best match. "gpu": the defaults
+#: (PoseConfig()), the preset for CUDA (:func:`default_preset`); "full" is its older name.
 #: "cpu": tuned for LEGO-MAD 128² with splats of the ``cpu`` training preset on a 2-core CPU: 5 hypotheses
 #: refined 8 steps at 1/4 size, the best 2 of them then 60 full-size steps side by side (two of the
 #: benchmark's 240 queries failed with 3 and 1: the true neighbour was 4th, or lost the brief refinement),
@@ -147,6 +149,7 @@ class PoseConfig:
 #: training presets of the same names (``LOW_RES_EPS2D``); "splatpose" and "full" with gsplat's 0.3.
 PRESETS: dict[str, PoseConfig] = {
     "splatpose": PoseConfig(k=1),
+    "gpu": PoseConfig(),
     "full": PoseConfig(),
     "cpu": PoseConfig(
         k=5,
@@ -164,6 +167,17 @@ PRESETS: dict[str, PoseConfig] = {
         k=2, short_steps=4, short_scale=0.5, steps=20, lr=0.02, early_stop_patience=5, eps2d=LOW_RES_EPS2D
     ),
 }
+
+
+def default_preset(device=None) -> str:
+    """The pose preset splatlab uses by default: ``gpu`` on an accelerator ``device``, else ``cpu``.
+
+    The same choice everywhere (``load_detector``, ``splatlab detect``, ``splatlab demo``,
+    ``benchmarks/detect.py``); :func:`pose_config` turns either into ``fast`` under ``SPLATLAB_FAST=1``.
+    """
+    if device is not None and torch.device(device).type != "cpu":
+        return "gpu"
+    return "cpu"
 
 
 def pose_config(preset: str = "full", **overrides) -> PoseConfig:

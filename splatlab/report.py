@@ -6,7 +6,8 @@ Layout of ``write_report(out_dir, summary, runs)``::
       README.md             per-class table (+ mean) of the pipeline, baselines, per-defect, stage times
       results.json          the summary as given (the benchmark's JSON)
       roc_curves.png        image-level ROC per class, one curve per method
-      examples_<class>.png  query | reference | anomaly map | ground truth for a few test images
+      examples_<class>.png  query | reference | anomaly map | ground truth for a few test images, the maps
+                            of a class on one colour scale (its calibration's, threshold marked)
 
 The folder is assembled in a temporary sibling and renamed into place, so a reader never sees a half
 written report; an existing report at ``out_dir`` is replaced.
@@ -18,8 +19,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -184,6 +183,14 @@ def _example_rows(run) -> list[dict]:
     return rows
 
 
+def _class_scale(run, rows):
+    """One colour scale for a class's example maps: its calibration's, else one range over the maps."""
+    from splatlab.viz.anomaly_figures import MapScale
+
+    cal = getattr(run, "calibration", None)
+    return MapScale.calibrated(cal) if cal is not None else MapScale.shared([r["map"] for r in rows])
+
+
 def write_report(
     out_dir: str | os.PathLike,
     summary: Mapping,
@@ -206,12 +213,11 @@ def write_report(
     matplotlib.use("Agg", force=False)  # a no-op where a backend is already active (notebooks)
     import matplotlib.pyplot as plt
 
+    from splatlab.atomic import replace_dir
     from splatlab.viz.anomaly_figures import plot_example_grid, plot_roc_curves
 
     out = Path(out_dir).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with replace_dir(out) as tmp:
         figures = []
         runs = runs or {}
         if runs:
@@ -236,23 +242,13 @@ def write_report(
                 run = methods.get("full") or next(iter(methods.values()))
                 rows = _example_rows(run)
                 if rows:
-                    fig = plot_example_grid(rows)
+                    fig = plot_example_grid(rows, scale=_class_scale(run, rows))
                     fig.savefig(tmp / f"examples_{cname}.png", dpi=dpi)
                     plt.close(fig)
                     figures.append(f"examples_{cname}.png")
         full = dict(summary, figures=figures)
         (tmp / "README.md").write_text(markdown_report(full))
         (tmp / "results.json").write_text(json.dumps(summary, indent=1, default=_json_default))
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote report %s", out)
     return out
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from splatlab.atomic import open_atomic
 from splatlab.cameras import Cameras
 
 log = logging.getLogger(__name__)
@@ -73,17 +73,6 @@ def _views_hash(images: Tensor, cameras: Cameras, settings: str) -> str:
     h.update(np.ascontiguousarray(cameras.viewmats.detach().cpu().numpy().astype(np.float32)).tobytes())
     h.update(np.ascontiguousarray(cameras.Ks.detach().cpu().numpy().astype(np.float32)).tobytes())
     return h.hexdigest()[:16]
-
-
-def _save_atomic(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _to_gray_u8(image: Tensor) -> np.ndarray:
@@ -178,7 +167,8 @@ class Retriever:
             descriptors = [_sift_descriptors(img) for img in images]
         if path is not None:
             saved = descriptors.cpu() if method == "features" else [torch.from_numpy(d) for d in descriptors]
-            _save_atomic(saved, path)
+            with open_atomic(path) as f:
+                torch.save(saved, f)
             log.info("cached %s descriptors of %d views at %s", method, len(images), path)
         return cls(cameras, method, descriptors, settings, images)
 

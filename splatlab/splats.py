@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from splatlab.atomic import open_atomic
 from splatlab.render.sh import num_sh_bases, rgb_to_sh
 
 log = logging.getLogger(__name__)
@@ -212,15 +212,8 @@ def save_ply(splats, path: str | os.PathLike) -> Path:
     vertex = np.empty(n, dtype=[(c, "f4") for c in columns])
     for i, c in enumerate(columns):
         vertex[c] = data[:, i]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            PlyData([PlyElement.describe(vertex, "vertex")]).write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; a model file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_atomic(path, "wb") as f:
+        PlyData([PlyElement.describe(vertex, "vertex")]).write(f)
     return path
 
 

@@ -15,9 +15,10 @@ One deviation is forced by gsplat 1.5.3: its ``DefaultStrategy`` tests ``step % 
 which Python reads as a chained comparison that is always False, so it never resets opacities. The loop
 below calls gsplat's own ``reset_opa`` op on that schedule instead (idempotent if gsplat fixes the test).
 
-A run folder holds ``splats.ply``, ``config.json``, ``metrics.json``, ``history.json`` and ``checkpoint.pt``,
-each written atomically; ``resume=True`` continues from the checkpoint and ends where an uninterrupted run
-with the same seed ends.
+``train(views, out_dir=...)`` writes a run folder (``splats.ply``, ``config.json`` naming the class folder the
+views came from, ``metrics.json``, ``history.json``, ``checkpoint.pt``; :mod:`splatlab.run` owns the folder:
+its files, ``load_run`` and ``ensure_trained``); ``resume=True`` continues from the checkpoint and ends where
+an uninterrupted run with the same seed ends.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +38,12 @@ from torch import Tensor
 
 from splatlab.cameras import Cameras
 from splatlab.losses import photometric_loss, psnr, ssim
-from splatlab.splats import random_splats, render_splats, save_ply
+from splatlab.splats import random_splats, render_splats
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "TrainConfig", "TrainHistory", "default_config", "train", "evaluate", "split_views", "load_run",
-    "ensure_trained", "train_cli",
+    "TrainConfig", "TrainHistory", "default_config", "train", "evaluate", "split_views", "train_cli",
 ]
 
 PRESETS = ("gpu", "cpu", "fast")
@@ -386,23 +385,28 @@ def train(
     images, cameras = _as_views(views)
     device = images.device if device is None else torch.device(device)
     images, cameras = _resize(images.to(device), cameras.to(device), config.resolution)
-    out = _prepare_out_dir(out_dir)
+    from splatlab import run as run_folder
+
+    out = run_folder.prepare_run_dir(out_dir)
     train_idx, test_idx = split_views(len(images), config)
     scene_scale = config.scene_scale or scene_extent(cameras)
-    ckpt = _load_checkpoint(out, config) if (resume and out is not None) else None
+    ckpt = run_folder.load_checkpoint(out, config) if (resume and out is not None) else None
+    source = (getattr(views, "class_dir", None), getattr(views, "size", None))
     threads = torch.get_num_threads()
     if config.torch_threads is not None and device.type == "cpu":
         torch.set_num_threads(config.torch_threads)
     try:
         return _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_scale, device,
-                           progress, stop_at)
+                           progress, stop_at, source)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_scale, device, progress,
-                stop_at):
+                stop_at, source):
     from tqdm.auto import tqdm
+
+    from splatlab import run as run_folder
 
     train_images, train_cams = images[train_idx], cameras[train_idx]
     white = torch.ones(3, device=device)
@@ -473,18 +477,23 @@ def _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_s
                 bar.set_postfix(loss=f"{history.loss[-1]:.4f}", psnr=f"{history.psnr[-1]:.2f}", n=n)
             done = step + 1
             if out is not None and config.checkpoint_every > 0 and done % config.checkpoint_every == 0:
-                _save_checkpoint(out, done, config, splats, optimizers, state, sampler, history)
+                run_folder.save_checkpoint(
+                    out, _checkpoint(done, config, splats, optimizers, state, sampler, history)
+                )
         bar.close()
         done = max(start, end)
         if out is not None and done < config.iterations:
-            _save_checkpoint(out, done, config, splats, optimizers, state, sampler, history)
+            ckpt = _checkpoint(done, config, splats, optimizers, state, sampler, history)
+            run_folder.save_checkpoint(out, ckpt)
             return splats, history
 
         if len(test_idx):
             _record_eval(history, done, splats, images[test_idx], cameras[test_idx], config.sh_degree, config)
         if out is not None:
-            _save_checkpoint(out, done, config, splats, optimizers, state, sampler, history)
-            _write_outputs(out, config, splats, history, n_test=len(test_idx))
+            ckpt = _checkpoint(done, config, splats, optimizers, state, sampler, history)
+            run_folder.save_checkpoint(out, ckpt)
+            run_folder.write_outputs(out, config, splats, history, n_test=len(test_idx), class_dir=source[0],
+                                     size=source[1])
     return splats, history
 
 
@@ -499,41 +508,12 @@ def _record_eval(history, step, splats, images, cameras, sh_degree, config) -> N
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The run folder: atomic outputs, checkpoints
+# Checkpoint state (the files themselves are splatlab.run's)
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _prepare_out_dir(out_dir) -> Path | None:
-    if out_dir is None:
-        return None
-    out = Path(out_dir).expanduser()
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"out_dir {out}: its parent folder {out.parent} does not exist")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {out} exists and is not a folder")
-    out.mkdir(exist_ok=True)
-    return out
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(file)`` into a temp file beside ``path``, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; run folders are meant to be shared and read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
-def _save_checkpoint(out, step, config, splats, optimizers, state, sampler, history) -> None:
-    ckpt = {
+def _checkpoint(step, config, splats, optimizers, state, sampler, history) -> dict:
+    return {
         "step": step,
         "config": config.to_dict(),
         "params": {k: v.detach().cpu() for k, v in splats.items()},
@@ -544,37 +524,11 @@ def _save_checkpoint(out, step, config, splats, optimizers, state, sampler, hist
         "device_rng": _device_rng(splats["means"].device),
         "history": history.to_dict(),
     }
-    _atomic_write(out / "checkpoint.pt", lambda f: torch.save(ckpt, f))
 
 
 def _device_rng(device: torch.device) -> Tensor | None:
     """The accelerator RNG state (gsplat's split samples there on a GPU); None on the CPU."""
     return None if device.type == "cpu" else getattr(torch, device.type).get_rng_state(device)
-
-
-def _config_diff(saved: dict | Path, config: TrainConfig) -> list[str]:
-    """Fields that change the result and differ between a saved config (dict or JSON file) and ``config``."""
-    if isinstance(saved, Path):
-        if not saved.is_file():
-            return ["config.json missing"]
-        saved = json.loads(saved.read_text())
-    try:
-        saved = TrainConfig.from_dict(saved).to_dict()
-    except (TypeError, ValueError) as exc:
-        return [f"unreadable config ({exc})"]
-    now = config.to_dict()
-    return sorted(k for k in now if k not in ("checkpoint_every", "log_every") and saved[k] != now[k])
-
-
-def _load_checkpoint(out: Path, config: TrainConfig) -> dict | None:
-    path = out / "checkpoint.pt"
-    if not path.is_file():
-        return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    diff = _config_diff(ckpt["config"], config)
-    if diff:
-        raise ValueError(f"cannot resume {path}: its config differs in {diff}; use another out_dir")
-    return ckpt
 
 
 def _restore(ckpt, splats, optimizers, sampler, device):
@@ -586,101 +540,6 @@ def _restore(ckpt, splats, optimizers, sampler, device):
     if ckpt.get("device_rng") is not None and device.type != "cpu":
         getattr(torch, device.type).set_rng_state(ckpt["device_rng"], device)
     return int(ckpt["step"]), TrainHistory.from_dict(ckpt["history"]), state
-
-
-def _write_outputs(out: Path, config: TrainConfig, splats, history: TrainHistory, n_test: int) -> None:
-    save_ply(splats, out / "splats.ply")
-    _write_json(out / "config.json", config.to_dict())
-    metrics = {
-        "preset": config.name,
-        "psnr": history.eval_psnr[-1] if n_test else None,
-        "ssim": history.eval_ssim[-1] if n_test else None,
-        "n_eval_views": n_test,
-        "seconds": history.seconds[-1] if history.seconds else 0.0,
-        "n_gaussians": int(len(splats["means"])),
-        "iterations": config.iterations,
-        "final_loss": history.loss[-1] if history.loss else None,
-        "time_split": history.timings,
-    }
-    _write_json(out / "metrics.json", metrics)
-    _write_json(out / "history.json", history.to_dict())
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Runs on disk: load, train-if-absent, CLI
-# ----------------------------------------------------------------------------------------------------------
-
-
-def load_run(run_dir: str | os.PathLike, device=None) -> tuple[torch.nn.ParameterDict, TrainConfig, dict]:
-    """Read a finished run folder: ``(splats, config, metrics)``."""
-    run = Path(run_dir)
-    for name in ("splats.ply", "config.json", "metrics.json"):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"{run / name}: not a finished training run (missing {name})")
-    from splatlab.splats import load_ply
-
-    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-    metrics = json.loads((run / "metrics.json").read_text())
-    return load_ply(run / "splats.ply", device=device), config, metrics
-
-
-def run_eps2d(run_dir: str | os.PathLike) -> float:
-    """The 2D low-pass (px²) a run folder's splats were trained with: its config.json's, else gsplat's 0.3."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        return TrainConfig().eps2d
-    return TrainConfig.from_dict(json.loads(path.read_text())).eps2d
-
-
-def default_run_root() -> Path:
-    """Where cached runs live: ``$SPLATLAB_RUNS`` if set, else ``runs/`` beside the package (git-ignored)."""
-    env = os.environ.get("SPLATLAB_RUNS")
-    if env:
-        return Path(env).expanduser()
-    import splatlab
-
-    return Path(splatlab.__file__).resolve().parents[1] / "runs"
-
-
-def ensure_trained(
-    class_dir: str | os.PathLike, run_root: str | os.PathLike | None = None, preset: str | None = None,
-    size: int | None = 128, *, device=None, progress: bool = True, **overrides: Any,
-) -> Path:
-    """The run folder of a class, trained first if its ``splats.ply`` is absent (an interrupted run resumes).
-
-    Args:
-        class_dir: A MAD-layout class folder, e.g. ``data/lego-mad/01Cat``.
-        run_root: Parent of the run folders; :func:`default_run_root` when None.
-        preset: Training preset; :func:`default_config`'s (``fast`` under ``SPLATLAB_FAST=1``) when None.
-        size: Longer image side to load the views at (None = full resolution); also the training resolution.
-        device: Device to train on.
-        progress: Show a progress bar.
-        **overrides: ``TrainConfig`` fields to replace (they go into the run folder's name).
-
-    Returns:
-        ``run_root / "{class}-{preset}-{size}px[-overrides]"``.
-    """
-    from splatlab.data.mad import load_train
-
-    class_dir = Path(class_dir)
-    if not class_dir.is_dir():
-        raise FileNotFoundError(f"class_dir {class_dir}: class folder not found")
-    config = default_config(device) if preset is None else TrainConfig.preset(preset)
-    config = dataclasses.replace(config, resolution=size, **overrides)
-    tag = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
-    root = Path(run_root) if run_root is not None else default_run_root()
-    root.mkdir(parents=True, exist_ok=True)
-    run = root / f"{class_dir.name}-{config.name}-{size or 'full'}px{tag}"
-    resume = True
-    if (run / "splats.ply").is_file():
-        diff = _config_diff(run / "config.json", config)
-        if not diff:
-            return run
-        log.warning("%s was trained with other settings (%s); training it again", run, ", ".join(diff))
-        resume = False
-    log.info("training %s with preset %s into %s", class_dir.name, config.name, run)
-    train(load_train(class_dir, size), config, out_dir=run, resume=resume, device=device, progress=progress)
-    return run
 
 
 def train_cli(

@@ -115,7 +115,8 @@ def test_shifted_cosine_distance_forgives_small_shifts_only():
 
 def test_cosine_defaults_to_stage_one_and_stages_can_be_set():
     assert AnomalyConfig(method="cosine").stages == (1,)
-    assert AnomalyConfig().stages == (1, 2, 3, 4)
+    assert AnomalyConfig().method == "cosine" and AnomalyConfig().stages == (1,)  # the default map
+    assert AnomalyConfig.paper().method == "splatpose" and AnomalyConfig.paper().stages == (1, 2, 3, 4)
     cfg = AnomalyConfig(method="cosine", stages=[1, 2], **SMALL)
     assert cfg.stages == (1, 2)
     q, r = _scene(6, n=1), _with_blob(_scene(6, n=1), 20, 20)
@@ -126,7 +127,7 @@ def test_cosine_defaults_to_stage_one_and_stages_can_be_set():
 
 def test_weights_scale_the_terms():
     q, r = _scene(3, n=1), _with_blob(_scene(3, n=1), 20, 20)
-    base = AnomalyConfig(**SMALL)
+    base = AnomalyConfig.paper(**SMALL)
     only_rgb = dataclasses.replace(base, feature_weight=0.0)
     torch.testing.assert_close(
         anomaly_map(q, r, only_rgb), anomaly_map(q, r, AnomalyConfig(method="rgb", **SMALL))

@@ -93,6 +93,10 @@ def test_json_output(tmp_path, capsys):
     assert any("notes.txt" in p for p in reports[0]["problems"])
 
 
-def test_missing_folder(tmp_path):
-    assert check_cli(tmp_path / "nope") == 2
+def test_missing_folder(tmp_path, capsys):
+    from splatlab.cli import main
+
+    assert main(["data", "check", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"splatlab data check: {tmp_path / 'nope'}: folder not found"
     assert check_dataset(tmp_path)[0].problems  # no class folders inside

@@ -21,6 +21,7 @@ from splatlab.detect import (
     detect,
     holdout_indices,
     prepare_query,
+    query_padding,
     render_reference,
     run_class,
     select_queries,
@@ -30,7 +31,7 @@ from splatlab.retrieval import Retriever
 from splatlab.splats import random_splats, render_splats, save_ply
 
 SIZE = 40
-ANOMALY = AnomalyConfig(size=64, blur_sigma=2.0)
+ANOMALY = AnomalyConfig.paper(size=64, blur_sigma=2.0)  # the recipe: these tests were built around it
 POSE = PoseConfig(k=1, steps=12, lr=0.01, backend="cpu")
 
 
@@ -82,8 +83,14 @@ def test_prepare_query_converts_or_rejects(caplog):
     u8 = np.full((SIZE, SIZE, 3), 255, dtype=np.uint8)
     torch.testing.assert_close(prepare_query(u8, SIZE, SIZE), torch.ones(SIZE, SIZE, 3))
     with caplog.at_level(logging.WARNING, logger="splatlab.detect"):
-        assert prepare_query(torch.rand(64, 80, 3), SIZE, SIZE).shape == (SIZE, SIZE, 3)
-    assert "64x80" in caplog.text and "resizing" in caplog.text
+        wide = prepare_query(torch.zeros(64, 80, 3), SIZE, SIZE, name="wide.png")  # H 64, W 80
+    assert "wide.png: is 80x64" in caplog.text and "padded with white to 80x80" in caplog.text
+    # the aspect ratio is kept: 8 white rows above and below the 64 black ones, at half size
+    assert wide.shape == (SIZE, SIZE, 3)
+    assert bool((wide[:3] > 0.99).all() and (wide[-3:] > 0.99).all() and (wide[6:-6] < 0.01).all())
+    assert query_padding(64, 80, SIZE, SIZE) == (8, 0, 80, 80)
+    assert query_padding(150, 100, SIZE, 2 * SIZE) == (0, 100, 150, 300)  # taller: pad left and right
+    assert query_padding(20, 20, SIZE, SIZE) == (0, 0, 20, 20)  # same aspect: resized only
     for bad, match in [
         (torch.rand(SIZE, SIZE, 2), "2 channels"),
         (torch.rand(2, SIZE, SIZE, 3), "one image"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from splatlab.detect import ClassRun, Detection
@@ -120,7 +121,43 @@ def test_figures_draw():
             [{"query": img, "reference": img, "map": m, "mask": mask, "title": "Burrs"}] * 2, vmax=1
         ),
     ]
-    assert len(figs[1].axes) == 4 and len(figs[3].axes) == 8
+    assert len(figs[1].axes) == 4 and len(figs[3].axes) == 9  # 8 panels + the one shared colour bar
     assert "a (100.0)" in [t.get_text() for t in figs[2].axes[0].get_legend().get_texts()]
     for f in figs:
+        plt.close(f)
+
+
+def _bar_texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts] + [ax.get_ylabel() for ax in fig.axes]
+
+
+def test_maps_of_a_class_share_one_scale_with_the_threshold_marked():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from splatlab.anomaly import calibrate
+    from splatlab.viz.anomaly_figures import PER_IMAGE, MapScale
+
+    g = torch.Generator().manual_seed(0)
+    good = 0.1 * torch.rand(6, 8, 8, generator=g)
+    cal = calibrate(good, "cosine")
+    scale = MapScale.calibrated(cal)
+    assert scale.vmin == cal.pixel_median and scale.threshold == cal.threshold
+    assert scale.vmax == pytest.approx(cal.pixel_median + 2 * (cal.threshold - cal.pixel_median))
+    img = torch.ones(16, 16, 3)
+    quiet, loud = good[0], good[0] + 5.0 * cal.threshold  # a good map and a defective one
+    rows = [{"query": img, "reference": img, "map": m, "title": t} for m, t in ((quiet, "a"), (loud, "b"))]
+    fig = plot_example_grid(rows, scale=scale)
+    ims = [ax.images[0] for ax in fig.axes[:8] if ax.images and ax.images[0].get_array().ndim == 2]
+    assert len(ims) == 2 and {im.get_clim() for im in ims} == {(scale.vmin, scale.vmax)}  # one scale
+    # the good map stays cold: below the threshold colour everywhere; the bad one saturates
+    assert float(ims[0].norm(ims[0].get_array()).max()) < 0.5 < float(ims[1].norm(ims[1].get_array()).min())
+    assert " threshold" in _bar_texts(fig) and "calibrated scale" in " ".join(_bar_texts(fig))
+    per_image = plot_example_grid(rows)
+    assert PER_IMAGE in _bar_texts(per_image)  # per-image stretching is labelled as such
+    shared = MapScale.shared([quiet, loud])
+    assert shared.vmin == 0.0 and shared.vmax == pytest.approx(float(loud.max()))
+    for f in (fig, per_image):
         plt.close(f)

@@ -9,8 +9,9 @@ from torch.testing import assert_close
 
 from splatlab.cameras import Cameras, ring_rig
 from splatlab.pose import pose_config
+from splatlab.run import load_run, run_eps2d
 from splatlab.splats import load_ply, random_splats, render_splats
-from splatlab.train import LOW_RES_EPS2D, TrainConfig, default_config, load_run, run_eps2d, split_views, train
+from splatlab.train import LOW_RES_EPS2D, TrainConfig, default_config, split_views, train
 
 SIZE = 32
 
@@ -206,7 +207,7 @@ def write_mad_class(views, root):
 
 def test_ensure_trained_caches_and_cli_trains(views, tmp_path):
     from splatlab.cli import main
-    from splatlab.train import ensure_trained
+    from splatlab.run import ensure_trained
 
     class_dir = write_mad_class(views, tmp_path)
     run = ensure_trained(class_dir, tmp_path / "runs", "fast", size=None, progress=False, iterations=15)

@@ -14,7 +14,7 @@ import torch
 from splatlab.cameras import perturb_viewmat, ring_rig, viewmat_to_opengl_c2w
 from splatlab.splats import random_splats, save_ply
 from splatlab.viz.display import viewmat_to_pose
-from splatlab.viz.viewer import SplatViewer, data_dir_from_config, free_port, open_run, view_cli
+from splatlab.viz.viewer import SplatViewer, free_port, open_run, view_cli
 
 
 def small_rig(width=32, height=24):
@@ -164,8 +164,8 @@ def test_open_run_loads_splats_and_training_cameras(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     save_ply(random_splats(20, seed=4), run / "splats.ply")
-    (run / "config.json").write_text(json.dumps({"train": {"data_dir": str(tmp_path / "cls")}}))
-    assert data_dir_from_config(json.loads((run / "config.json").read_text()), run) == tmp_path / "cls"
+    # the run folder names its training data relative to itself (splatlab.run)
+    (run / "config.json").write_text(json.dumps({"data": {"class_dir": "../cls", "size": None}}))
     with SplatViewer() as viewer:
         open_run(viewer, run, max_cameras=5, thumbnail_size=8)
         assert viewer.server.scene.get_handle_by_name("/splats") is not None
@@ -185,8 +185,11 @@ def test_open_run_errors_name_the_missing_path(tmp_path):
 
 
 def test_view_cli_missing_run_is_a_clear_error(tmp_path, capsys):
-    assert view_cli(tmp_path / "nowhere", port=free_port(), seconds=0.1) == 2
-    assert "splats.ply not found" in capsys.readouterr().err
+    from splatlab.cli import main
+
+    assert main(["view", str(tmp_path / "nowhere"), "--port", str(free_port()), "--seconds", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("splatlab view: ") and "nowhere/splats.ply: not found" in err and "\n" not in err
 
 
 def test_view_cli_serves_for_a_while_then_stops(tmp_path):

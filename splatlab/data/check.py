@@ -1,9 +1,11 @@
 """Validate MAD-layout folders (``splatlab data check DIR [--json]``).
 
-Reads file names, JSON and image headers only; never writes. Every problem names the file it is about.
-Checked: a missing ``transforms.json``; a frame whose image is missing; a training image without a frame; a
-mask without a test image or of another size; a defect image without a mask; a non-image file inside an
-image folder; an empty class.
+Never writes. Every problem names the file it is about. Checked: a missing or malformed ``transforms.json``;
+a ``camera_angle_x`` that is not a finite positive angle; a pose that is not finite or not rigid (rotation
+not orthonormal, a reflection, a singular matrix); a frame whose image is missing; a training image without a
+frame; every image and mask decoded fully (truncated, zero-byte or corrupt files); a mask without a test
+image or of another size; a defect image without a mask; a non-image file inside an image folder; an empty
+class. Warnings (converted on loading, not errors): 16-bit and palette images.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import tyro
 from splatlab.data.mad import (
     GOOD,
     IMAGE_SUFFIXES,
-    image_size,
+    decode_image,
     natural_key,
+    read_mask,
     read_transforms,
+    transforms_problems,
 )
 
 
@@ -35,6 +39,7 @@ class ClassReport:
         masks: Mask count per defect folder.
         image_size: (width, height) of the first image, or None.
         problems: One line per problem, each starting with the file it is about.
+        warnings: One line per conversion the loader will make (16-bit, palette), each naming the file.
     """
 
     name: str
@@ -44,6 +49,7 @@ class ClassReport:
     masks: dict[str, int] = field(default_factory=dict)
     image_size: tuple[int, int] | None = None
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _images_and_strays(folder: Path, report: ClassReport) -> list[Path]:
@@ -59,12 +65,18 @@ def _images_and_strays(folder: Path, report: ClassReport) -> list[Path]:
     return images
 
 
-def _size(path: Path, report: ClassReport) -> tuple[int, int] | None:
+def _size(path: Path, report: ClassReport, mask: bool = False) -> tuple[int, int] | None:
+    """(width, height) of an image or mask, decoded fully; a problem is reported when it cannot be."""
     try:
-        return image_size(path)
+        if mask:
+            h, w = read_mask(path).shape
+            return w, h
+        rgb, notes = decode_image(path)
     except ValueError as exc:
         report.problems.append(str(exc))
         return None
+    report.warnings += [f"{path}: {note}" for note in notes]
+    return rgb.shape[1], rgb.shape[0]
 
 
 def check_class(class_dir: str | Path) -> ClassReport:
@@ -75,7 +87,8 @@ def check_class(class_dir: str | Path) -> ClassReport:
     train_images = _images_and_strays(train_dir, report) if train_dir.is_dir() else []
     # Training poses.
     try:
-        _, frames = read_transforms(class_dir)
+        angle, frames = read_transforms(class_dir, validate=False)
+        report.problems += transforms_problems(class_dir / "transforms.json", angle, frames)
     except (FileNotFoundError, ValueError) as exc:
         report.problems.append(str(exc))
         frames = []
@@ -90,8 +103,9 @@ def check_class(class_dir: str | Path) -> ClassReport:
             if img.resolve() not in framed:
                 report.problems.append(f"{img}: training image without a frame in transforms.json")
     sizes = {}
-    for img in train_images[:1]:
-        report.image_size = _size(img, report)
+    for img in train_images:
+        size = _size(img, report)
+        report.image_size = report.image_size or size
     # Test images and masks.
     test_dir, gt_dir = class_dir / "test", class_dir / "ground_truth"
     kinds = (
@@ -102,14 +116,15 @@ def check_class(class_dir: str | Path) -> ClassReport:
     for kind in kinds:
         images = _images_and_strays(test_dir / kind, report)
         report.test[kind] = len(images)
-        if kind == GOOD:
-            continue
         for img in images:
+            isz = _size(img, report)
+            if kind == GOOD:
+                continue
             mask = gt_dir / kind / f"{img.stem}_mask.png"
             if not mask.is_file():
                 report.problems.append(f"{img}: defect image without a mask (expected {mask})")
             else:
-                sizes[img] = (_size(img, report), _size(mask, report))
+                sizes[img] = (isz, _size(mask, report, mask=True))
     if gt_dir.is_dir():
         for kdir in sorted((d for d in gt_dir.iterdir() if d.is_dir()), key=lambda d: natural_key(d.name)):
             masks = _images_and_strays(kdir, report)
@@ -161,11 +176,7 @@ def check_cli(dir: tyro.conf.Positional[Path], json: bool = False) -> int:
         dir: Dataset root or class folder.
         json: Print the reports as JSON instead of a table.
     """
-    try:
-        reports = check_dataset(dir)
-    except FileNotFoundError as exc:
-        print(f"splatlab data check: {exc}")
-        return 2
+    reports = check_dataset(dir)  # a missing folder is a user error, reported by splatlab.cli
     if json:
         print(jsonlib.dumps([asdict(r) for r in reports], indent=1))
     else:
@@ -179,6 +190,8 @@ def check_cli(dir: tyro.conf.Positional[Path], json: bool = False) -> int:
         for r in reports:
             for p in r.problems:
                 print(f"ERROR {p}")
+            for w in r.warnings:
+                print(f"WARNING {w}")
     n = sum(len(r.problems) for r in reports)
     if n:
         print(f"{n} problem(s) found in {dir}")

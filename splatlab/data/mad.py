@@ -9,13 +9,17 @@ Layout of one class folder (e.g. ``01Gorilla/``), as the PAD and SplatPose loade
     license, readme                      text
     test_poses.json                      LEGO-MAD only: OpenCV viewmat + K per test image (evaluation only)
 
-Names are matched numerically (``10.png`` after ``9.png``). RGBA is composited on white. ``size=`` downscales
-images with area interpolation, masks with nearest neighbour, and scales K to match.
+Names are matched numerically (``10.png`` after ``9.png``). RGBA is composited on white, grayscale replicated,
+16-bit images scaled by 1/65535, palette images expanded. ``size=`` downscales images with area
+interpolation, masks with nearest neighbour, and scales K to match. Every image is decoded fully (a truncated
+file is an error naming it), and every pose must be a finite rigid transform (:func:`pose_problem`), with a
+finite positive ``camera_angle_x``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +42,15 @@ class TrainViews:
         images: RGB on white, float32 in [0, 1]. [V, H, W, 3]
         cameras: Their cameras (OpenCV viewmats, K in pixels of ``images``). [V]
         paths: The image files. [V]
+        class_dir: The class folder they were read from, or None.
+        size: The ``size=`` they were loaded with (None = as stored).
     """
 
     images: torch.Tensor
     cameras: Cameras
     paths: list[Path]
+    class_dir: Path | None = None  # the class folder they were read from (recorded in a run's config.json)
+    size: int | None = None  # the longer side they were loaded at; None = as stored
 
 
 @dataclass(frozen=True)
@@ -118,20 +126,46 @@ def _target_size(width: int, height: int, size: int | None) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+# Pillow modes of more than 8 bits per sample: 16-bit grayscale and 32-bit integer (what 16-bit PNGs open as).
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def decode_image(path: Path) -> tuple[np.ndarray, list[str]]:
+    """Decode an image file fully: float32 RGB on white [H, W, 3] and notes on what was converted.
+
+    The notes ("16-bit", "palette") are what ``splatlab data check`` warns about. Raises ``ValueError``
+    naming the file when it cannot be decoded completely (truncated, zero bytes, not an image).
+    """
+    from PIL import Image
+
+    notes = []
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes every pixel: a truncated file fails here, not later
+            if im.mode in _WIDE_MODES:
+                notes.append(f"{im.mode} (16-bit) image, scaled to [0, 1] by 1/65535")
+                gray = np.asarray(im, dtype=np.float32) / 65535.0
+                rgb = np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=-1)
+            elif im.mode in ("F",):
+                raise ValueError("floating-point image files are not supported; save as 8- or 16-bit PNG")
+            else:
+                if im.mode == "P":
+                    notes.append("palette image, expanded to RGB")
+                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                    rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+                    rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])  # composite on white
+                else:
+                    rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"{path}: not a readable image ({exc})") from exc
+    return rgb, notes
+
+
 def read_image(path: Path, size: int | None = None) -> np.ndarray:
     """An image as float32 RGB on white, optionally resized (area interpolation). [H, W, 3]"""
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-                rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])  # composite on white
-            else:
-                rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc})") from exc
+    rgb, _ = decode_image(path)
     H, W = rgb.shape[:2]
     w, h = _target_size(W, H, size)
     if (w, h) != (W, H):
@@ -148,9 +182,12 @@ def read_mask(path: Path, size: int | None = None) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("L"))
-    except (OSError, ValueError) as exc:
+            im.load()
+            arr = np.asarray(im) if im.mode in _WIDE_MODES else np.asarray(im.convert("L"))
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ValueError(f"{path}: not a readable mask image ({exc})") from exc
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: not a readable mask image (shape {arr.shape})")
     H, W = arr.shape
     w, h = _target_size(W, H, size)
     if (w, h) != (W, H):
@@ -165,7 +202,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.size
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ValueError(f"{path}: not a readable image ({exc})") from exc
 
 
@@ -185,8 +222,50 @@ def resolve_frame_path(class_dir: Path, file_path: str) -> Path:
     return p
 
 
-def read_transforms(class_dir: Path) -> tuple[float, list[tuple[Path, torch.Tensor]]]:
-    """``camera_angle_x`` and (image path, OpenGL camera→world [4, 4]) per frame, in file order."""
+def pose_problem(c2w: torch.Tensor, tol: float = 1e-3) -> str | None:
+    """What is wrong with a camera→world matrix, or None: it must be finite and rigid.
+
+    Rigid: the rotation block is orthonormal (``|RᵀR − I| <= tol`` entry-wise) with determinant +1 (not a
+    reflection, not singular), and the last row is ``[0, 0, 0, 1]``. [4, 4]
+    """
+    m = torch.as_tensor(c2w, dtype=torch.float64)
+    if m.shape != (4, 4):
+        return f"shape {tuple(m.shape)}, not [4, 4]"
+    if not bool(torch.isfinite(m).all()):
+        return "holds NaN or inf"
+    R = m[:3, :3]
+    det = float(torch.linalg.det(R))
+    if abs(det) < 1e-6:
+        return "rotation block is singular (determinant 0)"
+    err = float((R.T @ R - torch.eye(3, dtype=m.dtype)).abs().max())
+    if err > tol or det < 0:
+        return f"not a rigid transform (rotation not orthonormal: |RᵀR − I| = {err:.3g}, det {det:.3g})"
+    if float((m[3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=m.dtype)).abs().max()) > tol:
+        return f"last row is {m[3].tolist()}, not [0, 0, 0, 1]"
+    return None
+
+
+def transforms_problems(path: Path, angle: float, frames: list[tuple[Path, torch.Tensor]]) -> list[str]:
+    """Every problem of a parsed ``transforms.json`` (camera angle, poses), each line naming ``path``."""
+    problems = []
+    if not (math.isfinite(angle) and 0.0 < angle < math.pi):
+        problems.append(f"{path}: camera_angle_x is {angle}; it must be a finite angle in (0, pi) radians")
+    for file, c2w in frames:
+        problem = pose_problem(c2w)
+        if problem:
+            problems.append(f"{path}: the transform_matrix of frame {file.name} {problem}")
+    return problems
+
+
+def read_transforms(
+    class_dir: Path, validate: bool = True
+) -> tuple[float, list[tuple[Path, torch.Tensor]]]:
+    """``camera_angle_x`` and (image path, OpenGL camera→world [4, 4]) per frame, in file order.
+
+    Raises ``ValueError`` naming ``transforms.json`` and the frame for a malformed file and, with
+    ``validate``, a ``camera_angle_x`` that is not a finite angle in (0, π) or a pose that
+    :func:`pose_problem` rejects (``data check`` validates itself, to list every problem).
+    """
     path = Path(class_dir) / "transforms.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -204,9 +283,14 @@ def read_transforms(class_dir: Path) -> tuple[float, list[tuple[Path, torch.Tens
         ]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: malformed transforms.json ({type(exc).__name__}: {exc})") from exc
-    for file, c2w in frames:
-        if c2w.shape != (4, 4):
-            raise ValueError(f"{path}: frame {file.name} has a transform_matrix of shape {tuple(c2w.shape)}")
+    if any(c2w.shape != (4, 4) for _, c2w in frames):
+        file = next(f for f, c2w in frames if c2w.shape != (4, 4))
+        raise ValueError(f"{path}: the transform_matrix of frame {file.name} is not [4, 4]")
+    problems = transforms_problems(path, angle, frames) if validate else []
+    if problems:
+        n = len(problems) - 1
+        more = f" (and {n} more problems; run `splatlab data check`)" if n else ""
+        raise ValueError(problems[0] + more)
     if not frames:
         raise ValueError(f"{path}: no frames; the class has no training views")
     return angle, frames
@@ -237,7 +321,7 @@ def load_train(class_dir: Path, size: int | None = None) -> TrainViews:
     cams = Cameras(torch.stack(viewmats), Ks, W0, H0)
     if (W, H) != (W0, H0):
         cams = cams.resized(W, H)
-    return TrainViews(torch.from_numpy(np.stack(images)), cams, [f for f, _ in frames])
+    return TrainViews(torch.from_numpy(np.stack(images)), cams, [f for f, _ in frames], class_dir, size)
 
 
 def load_test(class_dir: Path, size: int | None = None) -> list[TestSample]:

@@ -14,13 +14,10 @@ otherwise, and is a context manager that always stops its server::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import socket
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -403,7 +400,9 @@ class SplatViewer:
         path = Path(path)
         if not path.parent.is_dir():
             raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
-        _write_atomic(path, self.to_html(**kwargs))
+        from splatlab.atomic import write_text
+
+        write_text(path, self.to_html(**kwargs))
         return path
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -439,41 +438,17 @@ def _one_viewmat(viewmat, arg: str) -> Tensor:
     return v
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ----------------------------------------------------------------------------------------------------------
 # `splatlab view RUN_DIR`
 # ----------------------------------------------------------------------------------------------------------
 
-# Keys of a run's config.json that may name the training data (a MAD class folder), in order of preference.
-DATA_KEYS = ("class_dir", "data_dir", "data", "dataset")
-
-
-def data_dir_from_config(config: dict, run_dir: Path) -> Path | None:
-    """The class folder a run trained on, if its config names one that exists (top level or one deeper)."""
-    candidates = [config] + [v for v in config.values() if isinstance(v, dict)]
-    for section in candidates:
-        for key in DATA_KEYS:
-            value = section.get(key)
-            if isinstance(value, str) and value:
-                for path in (Path(value), run_dir / value):
-                    if (path / "transforms.json").is_file():
-                        return path
-    return None
-
-
 def open_run(viewer: SplatViewer, run_dir: Path, data_dir: Path | None = None, max_cameras: int = 200,
              thumbnail_size: int = 64) -> None:
-    """Put a training run into a viewer: ``run_dir/splats.ply`` and, when found, its training cameras."""
+    """Put a training run into a viewer: ``run_dir/splats.ply`` and its training cameras.
+
+    The cameras come from ``data_dir`` or else from the class folder the run's config.json names
+    (:func:`splatlab.run.find_class_dir`); without either, the splats are shown alone.
+    """
     from splatlab.splats import load_ply
 
     run_dir = Path(run_dir)
@@ -485,18 +460,16 @@ def open_run(viewer: SplatViewer, run_dir: Path, data_dir: Path | None = None, m
     splats = load_ply(ply)
     viewer.add_splats(splats)
     log.info("%s: %d Gaussians", ply, len(splats["means"]))
-    if data_dir is None and (run_dir / "config.json").is_file():
-        try:
-            config = json.loads((run_dir / "config.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{run_dir / 'config.json'} is not valid JSON: {exc}") from exc
-        data_dir = data_dir_from_config(config, run_dir) if isinstance(config, dict) else None
-    if data_dir is None:
-        log.info("no training data named in %s; showing the splats only", run_dir / "config.json")
-        return
     from splatlab.data.mad import load_train
+    from splatlab.run import find_class_dir
 
-    views = load_train(Path(data_dir), size=thumbnail_size)
+    if data_dir is None:
+        try:
+            data_dir = find_class_dir(run_dir)
+        except FileNotFoundError as exc:
+            log.info("%s; showing the splats only", exc)
+            return
+    views = load_train(find_class_dir(run_dir, data_dir), size=thumbnail_size)
     keep = torch.linspace(0, len(views.cameras) - 1, min(max_cameras, len(views.cameras))).round().long()
     viewer.add_cameras(views.cameras[keep], views.images[keep], thumbnail_size=thumbnail_size)
     log.info("%s: %d training cameras", data_dir, len(keep))
@@ -524,16 +497,11 @@ def view_cli(
         thumbnail_size: Longest side of the camera thumbnails in pixels.
         seconds: Close after this many seconds instead of waiting for Ctrl-C.
     """
-    if not (Path(run_dir) / "splats.ply").is_file():
-        print(f"splatlab view: {run_dir}/splats.ply not found (is it a run folder of `splatlab train`?)",
-              file=sys.stderr)
-        return 2
+    if not (Path(run_dir) / "splats.ply").is_file():  # before starting a server
+        raise FileNotFoundError(f"{Path(run_dir) / 'splats.ply'}: not found; is {run_dir} a run folder of "
+                                "`splatlab train`?")
     with SplatViewer(host="0.0.0.0" if share else host, port=port) as viewer:
-        try:
-            open_run(viewer, run_dir, data_dir, max_cameras, thumbnail_size)
-        except (FileNotFoundError, ValueError) as exc:
-            print(f"splatlab view: {exc}", file=sys.stderr)
-            return 2
+        open_run(viewer, run_dir, data_dir, max_cameras, thumbnail_size)
         log.info("open %s in a browser; Ctrl-C to stop", viewer.url)
         deadline = None if seconds is None else time.monotonic() + seconds
         try:
