@@ -20,3 +20,30 @@ def random_gaussians(n: int, seed: int = 0, dtype=torch.float32, spread: float =
     opacities = (torch.rand(n, generator=g) * 0.85 + 0.1).to(dtype)
     colors = torch.rand(n, 3, generator=g).to(dtype)
     return means, quats, scales, opacities, colors
+
+
+@pytest.fixture(scope="session")
+def small_class(tmp_path_factory):
+    """A tiny generated LEGO-MAD class (01Cat, 48 px, 2 good and 1 per defect test images). Do not modify."""
+    from splatlab.cli import main
+
+    root = tmp_path_factory.mktemp("lego") / "data"
+    args = ["--classes", "01Cat", "--size", "48", "--test-good", "2", "--test-per-defect", "1"]
+    assert main(["data", "make", "--out", str(root), *args]) == 0
+    return root / "01Cat"
+
+
+@pytest.fixture(scope="session")
+def small_run(small_class, tmp_path_factory):
+    """A run folder of ``small_class`` (fast preset, 40 steps, 48 px), with retrieval cache and a calibration
+    made under SPLATLAB_FAST=1. Copy it before changing anything in it."""
+    from splatlab.cli import main
+    from splatlab.detect import load_detector
+
+    run = tmp_path_factory.mktemp("runs") / "01Cat-fast"
+    args = ["--out", str(run), "--preset", "fast", "--iterations", "40", "--size", "48"]
+    assert main(["train", str(small_class), *args]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPLATLAB_FAST", "1")
+        load_detector(run).calibrate()
+    return run

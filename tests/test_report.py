@@ -154,7 +154,7 @@ def test_maps_of_a_class_share_one_scale_with_the_threshold_marked():
     assert len(ims) == 2 and {im.get_clim() for im in ims} == {(scale.vmin, scale.vmax)}  # one scale
     # the good map stays cold: below the threshold colour everywhere; the bad one saturates
     assert float(ims[0].norm(ims[0].get_array()).max()) < 0.5 < float(ims[1].norm(ims[1].get_array()).min())
-    assert " threshold" in _bar_texts(fig) and "calibrated scale" in " ".join(_bar_texts(fig))
+    assert "threshold" in _bar_texts(fig) and "calibrated scale" in " ".join(_bar_texts(fig))
     per_image = plot_example_grid(rows)
     assert PER_IMAGE in _bar_texts(per_image)  # per-image stretching is labelled as such
     shared = MapScale.shared([quiet, loud])

@@ -35,7 +35,7 @@ class MapScale:
         """From a :class:`splatlab.anomaly.Calibration`: from a typical good pixel to ``upper`` × the way to
         the threshold (the threshold sits at 1/``upper`` of the bar)."""
         lo, thr = float(calibration.pixel_median), float(calibration.threshold)
-        return cls(lo, lo + upper * (thr - lo), thr, f"anomaly map ({calibration.method}, calibrated scale)")
+        return cls(lo, lo + upper * (thr - lo), thr, f"{calibration.method} map, calibrated scale")
 
     @classmethod
     def shared(cls, maps, threshold: float | None = None) -> MapScale:
@@ -58,8 +58,8 @@ def map_colorbar(fig, mappable, ax, scale: MapScale | None):
     if scale is not None and scale.threshold is not None:
         bar.ax.axhline(scale.threshold, color="white", lw=2.5)
         bar.ax.axhline(scale.threshold, color="black", lw=1.2, ls="--")
-        bar.ax.text(1.2, scale.threshold, " threshold", transform=bar.ax.get_yaxis_transform(),
-                    va="center", ha="left", fontsize=6)
+        bar.ax.text(-0.15, scale.threshold, "threshold", transform=bar.ax.get_yaxis_transform(),
+                    va="center", ha="right", fontsize=6, rotation=90)
     return bar
 
 
@@ -304,8 +304,9 @@ def plot_detection(detection, scale: MapScale | None = None, title: str | None =
     else:
         verdict = "DEFECTIVE" if d.decision else "good"
         colour = "red" if d.decision else "green"
-        verdict += f"\nscore {d.score:.3g} (calibrated {d.normalized_score:.2f}; threshold = 1)"
+        verdict += f"\nscore {d.score:.3g} = {d.normalized_score:.2f} (threshold 1)"
     axes[3].set_title(verdict, fontsize=9, color=colour)
+    axes[3].set_xlabel("red: pixels above the threshold", fontsize=7)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
