@@ -10,7 +10,9 @@ calibrated yes/no decision, with the library's defaults (:func:`splatlab.detect.
                           the threshold and 0 a typical good pixel)
     results.json          per image: score, calibrated score, decision, pose, seconds; and the settings
 
-``<name>`` is the image's path below the folder given (``Burrs/3`` -> ``Burrs_3``), or its stem. A run
+``<name>`` is the image's path below the folder given (``Burrs/3`` -> ``Burrs_3``), or a file's stem, with
+as many parent folders as it takes to tell files of the same name apart (``good/2``, ``Burrs/2`` ->
+``good_2``, ``Burrs_2``). A run
 without a calibration of the map's method is calibrated first, on its held-out good training views, and
 the calibration is saved in the run folder for next time. Every input is read and checked before the
 first detection, so a bad file stops the command at once with one line naming it.
@@ -53,11 +55,12 @@ def find_queries(inputs: list[Path]) -> list[tuple[Path, str]]:
 
     Raises:
         FileNotFoundError: An input that does not exist, or a folder without any image.
-        ValueError: A file that is not an image or ``.npy``, or two inputs that would write the same name.
+        ValueError: A file that is not an image or ``.npy``, or the same file given twice.
     """
     from splatlab.data.mad import natural_key
 
     found: list[tuple[Path, str]] = []
+    files_given: list[Path] = []
     for item in inputs:
         item = Path(item).expanduser()
         if item.is_dir():
@@ -70,14 +73,25 @@ def find_queries(inputs: list[Path]) -> list[tuple[Path, str]]:
         elif item.is_file():
             if item.suffix.lower() not in QUERY_SUFFIXES:
                 raise ValueError(f"{item}: not an image; give {', '.join(QUERY_SUFFIXES)} files or folders")
+            files_given.append(item)
             found.append((item, item.stem))
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
-    names: dict[str, Path] = {}
+    # Files of the same name given one by one: name them by as many parent folders as tells them apart.
+    parts = {p: p.resolve().with_suffix("").parts for p in files_given}
+    for depth in range(2, 1 + max((len(v) for v in parts.values()), default=0)):
+        names = [n for _, n in found]
+        if len(set(names)) == len(names):
+            break
+        clash = {n for n in names if names.count(n) > 1}
+        found = [(p, "_".join(parts[p][-depth:]) if n in clash and p in parts else n) for p, n in found]
+    seen: dict[str, Path] = {}
     for path, name in found:
-        if name in names:
-            raise ValueError(f"{path}: would write the same outputs ({name}_*) as {names[name]}; rename one")
-        names[name] = path
+        if name in seen and seen[name] == path:
+            raise ValueError(f"{path}: given twice; give it once")
+        if name in seen:
+            raise ValueError(f"{path}: would write the same outputs ({name}_*) as {seen[name]}; rename one")
+        seen[name] = path
     return found
 
 
