@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     # torch's OpenMP threads spin after each op and starve the Numba renderer's threads (2-5x slower
     # renders on 2 cores); this only takes effect before torch is imported, which the CLI has not done yet.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if debug:
+        logging.getLogger("splatlab").setLevel(logging.DEBUG)
     module_name, func_name = COMMANDS[name].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
 

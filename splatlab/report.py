@@ -167,30 +167,6 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def _example_rows(run) -> list[dict]:
-    rows = []
-    for i, d in zip(run.example_positions, run.examples, strict=True):
-        verdict = "" if d.decision is None else (" → defective" if d.decision else " → good")
-        rows.append(
-            {
-                "query": d.query,
-                "reference": d.reference,
-                "map": d.map_full,
-                "mask": run.masks[i],
-                "title": f"{run.defects[i]}\nscore {d.score:.3g}{verdict}",
-            }
-        )
-    return rows
-
-
-def _class_scale(run, rows):
-    """One colour scale for a class's example maps: its calibration's, else one range over the maps."""
-    from splatlab.viz.anomaly_figures import MapScale
-
-    cal = getattr(run, "calibration", None)
-    return MapScale.calibrated(cal) if cal is not None else MapScale.shared([r["map"] for r in rows])
-
-
 def write_report(
     out_dir: str | os.PathLike,
     summary: Mapping,
@@ -214,7 +190,7 @@ def write_report(
     import matplotlib.pyplot as plt
 
     from splatlab.atomic import replace_dir
-    from splatlab.viz.anomaly_figures import plot_example_grid, plot_roc_curves
+    from splatlab.viz.anomaly_figures import plot_roc_curves, plot_run_examples
 
     out = Path(out_dir).expanduser().resolve()
     with replace_dir(out) as tmp:
@@ -240,9 +216,8 @@ def write_report(
             figures.append("roc_curves.png")
             for cname, methods in runs.items():
                 run = methods.get("full") or next(iter(methods.values()))
-                rows = _example_rows(run)
-                if rows:
-                    fig = plot_example_grid(rows, scale=_class_scale(run, rows))
+                fig = plot_run_examples(run)  # the class's maps on its calibrated scale
+                if fig is not None:
                     fig.savefig(tmp / f"examples_{cname}.png", dpi=dpi)
                     plt.close(fig)
                     figures.append(f"examples_{cname}.png")

@@ -269,6 +269,34 @@ def plot_example_grid(
     return fig
 
 
+def run_scale(run, maps=None) -> MapScale:
+    """The colour scale of a class's maps: its calibration's (threshold marked), else one over ``maps``."""
+    cal = getattr(run, "calibration", None)
+    if cal is not None:
+        return MapScale.calibrated(cal)
+    return MapScale.shared(run.maps if maps is None else maps)
+
+
+def plot_run_examples(run, scale: MapScale | None = None):
+    """The examples a :class:`splatlab.detect.ClassRun` kept, as :func:`plot_example_grid` rows on one scale.
+
+    Args:
+        run: A class run with ``examples`` (the highest-scoring defective queries and a good one).
+        scale: The colour scale; :func:`run_scale` (the run's calibration, threshold marked) when None.
+
+    Returns:
+        The figure, or None when the run kept no examples.
+    """
+    rows = []
+    for i, d in zip(run.example_positions, run.examples, strict=True):
+        verdict = "" if d.decision is None else (" → defective" if d.decision else " → good")
+        rows.append({"query": d.query, "reference": d.reference, "map": d.map_full, "mask": run.masks[i],
+                     "title": f"{run.defects[i]}\nscore {d.score:.3g}{verdict}"})
+    if not rows:
+        return None
+    return plot_example_grid(rows, scale=scale or run_scale(run, [r["map"] for r in rows]))
+
+
 def plot_detection(detection, scale: MapScale | None = None, title: str | None = None, cmap: str = "jet"):
     """One detection in four panels: query | reference render | map (colour bar, threshold) | decision.
 
@@ -317,4 +345,4 @@ def plot_detection(detection, scale: MapScale | None = None, title: str | None =
 
 
 __all__ = ["PER_IMAGE", "MapScale", "map_colorbar", "plot_detection", "plot_example_grid", "plot_overlay",
-           "plot_roc_curves", "plot_terms"]
+           "plot_roc_curves", "plot_run_examples", "plot_terms", "run_scale"]
