@@ -47,7 +47,6 @@ class _Once(logging.Filter):
         self.seen.add(text)
         return True
 
-QUERY_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
 
 
 def find_queries(inputs: list[Path]) -> list[tuple[Path, str]]:
@@ -58,6 +57,7 @@ def find_queries(inputs: list[Path]) -> list[tuple[Path, str]]:
         ValueError: A file that is not an image or ``.npy``, or the same file given twice.
     """
     from splatlab.data.mad import natural_key
+    from splatlab.query import QUERY_SUFFIXES
 
     found: list[tuple[Path, str]] = []
     files_given: list[Path] = []
@@ -93,21 +93,6 @@ def find_queries(inputs: list[Path]) -> list[tuple[Path, str]]:
             raise ValueError(f"{path}: would write the same outputs ({name}_*) as {seen[name]}; rename one")
         seen[name] = path
     return found
-
-
-def read_query(path: Path) -> np.ndarray:
-    """A query file as an array: images decoded fully (RGB on white), ``.npy`` as stored. [H, W, C]"""
-    from splatlab.data.mad import decode_image
-
-    if path.suffix.lower() == ".npy":
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise ValueError(f"{path}: not a readable .npy array ({exc})") from exc
-    rgb, notes = decode_image(path)
-    for note in notes:
-        log.info("%s: %s", path, note)
-    return rgb
 
 
 def _map_png16(path: Path, calibrated: np.ndarray) -> None:
@@ -148,11 +133,11 @@ def detect_cli(
         progress: Show a progress bar over the images.
     """
     once = _Once()
-    logging.getLogger("splatlab.detect").addFilter(once)
+    logging.getLogger("splatlab.query").addFilter(once)
     try:
         return _detect(run_dir, images, out, data, map_format, json, method, pose_preset, device, progress)
     finally:
-        logging.getLogger("splatlab.detect").removeFilter(once)
+        logging.getLogger("splatlab.query").removeFilter(once)
 
 
 def _detect(run_dir, images, out, data, map_format, json, method, pose_preset, device, progress) -> int:
@@ -165,8 +150,9 @@ def _detect(run_dir, images, out, data, map_format, json, method, pose_preset, d
 
     from splatlab.anomaly import AnomalyConfig
     from splatlab.atomic import open_atomic, write_json
-    from splatlab.detect import detect, load_detector, prepare_query
+    from splatlab.detect import detect, load_detector
     from splatlab.pose import pose_config
+    from splatlab.query import prepare_query, read_query
     from splatlab.run import run_data
     from splatlab.viz.anomaly_figures import MapScale, plot_detection
 

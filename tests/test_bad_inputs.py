@@ -347,7 +347,7 @@ def test_non_square_query_keeps_its_aspect_ratio(small_class, small_run, tmp_pat
     Image.fromarray(wide).save(queries / "wide.png")
     before = _snapshot(queries)
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="splatlab.detect"):
+    with caplog.at_level(logging.WARNING, logger="splatlab.query"):
         assert main(["detect", str(run), str(queries), "--out", str(out), "--no-progress"]) == 0
     assert f"{queries / 'wide.png'}: is 200x150 (WxH)" in caplog.text and "padded with white" in caplog.text
     assert np.load(out / "wide_map.npy").shape == (150, 200)  # the map is cut back to the image as given

@@ -82,7 +82,7 @@ def test_prepare_query_converts_or_rejects(caplog):
     torch.testing.assert_close(prepare_query(rgba, SIZE, SIZE), torch.full((SIZE, SIZE, 3), 0.75))
     u8 = np.full((SIZE, SIZE, 3), 255, dtype=np.uint8)
     torch.testing.assert_close(prepare_query(u8, SIZE, SIZE), torch.ones(SIZE, SIZE, 3))
-    with caplog.at_level(logging.WARNING, logger="splatlab.detect"):
+    with caplog.at_level(logging.WARNING, logger="splatlab.query"):
         wide = prepare_query(torch.zeros(64, 80, 3), SIZE, SIZE, name="wide.png")  # H 64, W 80
     assert "wide.png: is 80x64" in caplog.text and "padded with white to 80x80" in caplog.text
     # the aspect ratio is kept: 8 white rows above and below the 64 black ones, at half size
