@@ -123,7 +123,8 @@ class DetectorModel:
             anomaly: Anomaly-map settings; None means :class:`AnomalyConfig`'s defaults (the ``cosine``
                 map; ``AnomalyConfig.paper()`` is SplatPose's recipe).
             retrieval: Coarse retrieval method, "features" or "sift".
-            calibration_source: Which saved calibration to load ("pose" or "gt_pose"); None loads none.
+            calibration_source: Which saved calibration to load ("pose" or "gt_pose"), the one made with
+                these map and pose settings; None loads none.
             device: Where to put the splats; None means CPU.
             data: The class folder to read the views from, when it has moved since training.
         """
@@ -170,12 +171,14 @@ class DetectorModel:
                 )
         return model
 
-    def calibration_path(self, source: str) -> Path:
-        from splatlab.run import calibration_path
+    def calibration_path(self, source: str, mode: Mode = "full") -> Path:
+        """The run folder's calibration file for this model's map and pose settings (and ``mode``)."""
+        from splatlab.run import calibration_path, settings_key
 
         if self.run_dir is None:
             raise ValueError("this model has no run_dir to keep calibrations in")
-        return calibration_path(self.run_dir, self.anomaly.method, source)
+        key = settings_key(self.anomaly, self.pose_config, mode if source == "pose" else "gt_pose")
+        return calibration_path(self.run_dir, self.anomaly.method, source, key)
 
     def calibrate(
         self, views=None, config: CalibrationConfig | None = None, mode: Mode = "full", save: bool = True
@@ -190,7 +193,9 @@ class DetectorModel:
             views: The training views the retriever was built from; None means ``self.views``. [V]
             config: Threshold cut-off ``k``, source and hold-out spacing; None means the defaults.
             mode: The pipeline used for ``source == "pose"``.
-            save: Write ``calibration_<method>_<source>.json`` next to the run (atomically).
+            save: Write it into the run folder (atomically), named by the method, the source and a key of
+                the map and pose settings (:func:`splatlab.run.settings_key`), so other settings never
+                reuse it.
         """
         config = CalibrationConfig() if config is None else config
         views = self.views if views is None else views
@@ -212,7 +217,7 @@ class DetectorModel:
             self.calibration.threshold,
         )
         if save and self.run_dir is not None:
-            self.calibration.save(self.calibration_path(config.source))
+            self.calibration.save(self.calibration_path(config.source, mode))
         return self.calibration
 
 

@@ -9,7 +9,8 @@ and ``splatlab view`` need nothing but the folder. Layout::
     metrics.json                    held-out PSNR/SSIM, seconds, Gaussians
     history.json                    the loss and PSNR of every step
     checkpoint.pt                   what ``train(..., resume=True)`` continues from
-    calibration_<method>_<source>.json   thresholds from held-out good views (splatlab.anomaly.Calibration)
+    calibration_<method>_<source>_<key>.json   thresholds from held-out good views
+                                    (splatlab.anomaly.Calibration), keyed by the map and pose settings
     retrieval_<method>_<hash>.pt    cached descriptors of the training views (splatlab.retrieval)
 
 ``data.class_dir`` is relative to the run folder where the two share an ancestor below ``/``, so a project
@@ -20,6 +21,7 @@ moved as a whole keeps working; ``class_dir_absolute`` is tried next. Every file
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CONFIG", "SPLATS", "calibration_path", "config_diff", "default_run_root", "ensure_trained",
     "find_class_dir", "load_checkpoint", "load_run", "prepare_run_dir", "read_config", "run_data",
-    "run_eps2d", "save_checkpoint", "write_outputs",
+    "run_eps2d", "save_checkpoint", "settings_key", "write_outputs",
 ]
 
 SPLATS, CONFIG, METRICS, HISTORY, CHECKPOINT = (
@@ -232,9 +234,20 @@ def find_class_dir(run_dir: str | os.PathLike, data: str | os.PathLike | None = 
     )
 
 
-def calibration_path(run_dir: str | os.PathLike, method: str, source: str) -> Path:
-    """Where a run keeps the calibration of one anomaly method and source ("pose" or "gt_pose")."""
-    return Path(run_dir) / f"calibration_{method}_{source}.json"
+# PoseConfig fields that do not change a detection's numbers (threads, recording, renderer backend).
+_NOT_SETTINGS = ("num_threads", "record_every", "backend")
+
+
+def settings_key(anomaly, pose_config, mode: str = "full") -> str:
+    """A short hash of the settings a calibration depends on: the map, the pose pipeline and the mode."""
+    pose = {k: v for k, v in dataclasses.asdict(pose_config).items() if k not in _NOT_SETTINGS}
+    text = json.dumps({"anomaly": dataclasses.asdict(anomaly), "pose": pose, "mode": mode}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def calibration_path(run_dir: str | os.PathLike, method: str, source: str, key: str) -> Path:
+    """Where a run keeps a calibration: one file per anomaly method, source and :func:`settings_key`."""
+    return Path(run_dir) / f"calibration_{method}_{source}_{key}.json"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -141,11 +141,19 @@ def test_calibration_from_good_views_gives_decisions(scene, model, caplog):
     assert holdout_indices(16, 8) == [0, 8]
     cal = model.calibrate(views, CalibrationConfig(source="gt_pose", holdout_every=4))
     assert cal.n_views == 4 and cal.source == "gt_pose" and cal.threshold > 0
-    assert (run / "calibration_splatpose_gt_pose.json").is_file()
+    path = model.calibration_path("gt_pose")
+    assert path.is_file() and path.parent == run and path.name.startswith("calibration_splatpose_gt_pose_")
     again = DetectorModel.from_run(
         run, views, pose_config=POSE, anomaly=ANOMALY, calibration_source="gt_pose"
     )
     assert again.calibration == cal
+    # keyed by the settings that made it: another pose pipeline or map does not reuse it
+    other_pose = dataclasses.replace(POSE, steps=13)
+    assert DetectorModel.from_run(run, views, pose_config=other_pose, anomaly=ANOMALY,
+                                  calibration_source="gt_pose").calibration is None
+    other_map = dataclasses.replace(ANOMALY, blur_sigma=3.0)
+    assert DetectorModel.from_run(run, views, pose_config=POSE, anomaly=other_map,
+                                  calibration_source="gt_pose").calibration is None
     vm = views.cameras.viewmats[2]
     assert detect(views.images[2], again, viewmat=vm).decision is False
     bad = detect(_blob(views.images[2])[0], again, viewmat=vm)
@@ -154,7 +162,7 @@ def test_calibration_from_good_views_gives_decisions(scene, model, caplog):
     with pytest.raises(ValueError, match="calibration was made for method"):
         detect(views.images[2], other, viewmat=vm)
     # A calibration saved by an older splatlab is ignored with a warning, not used or fatal.
-    stale = run / "calibration_splatpose_gt_pose.json"
+    stale = path
     stale.write_text(json.dumps({"method": "splatpose", "quantile": 0.99, "margin": 0.5}))
     with caplog.at_level(logging.WARNING, logger="splatlab"):
         fresh = DetectorModel.from_run(

@@ -74,13 +74,17 @@ def test_load_detector_needs_only_the_run_folder_and_has_the_defaults(small_clas
     model = splatlab.load_detector(small_run)
     assert model.anomaly.method == "cosine"  # the best measured map, as the benchmark and the demo
     assert model.pose_config == dataclasses.replace(pose_config("cpu"), eps2d=run_eps2d(small_run))
-    assert model.calibration is not None and model.calibration.method == "cosine"  # the saved one
+    # small_run was calibrated with the fast pose preset: the cpu pipeline's calibration is not that one
+    assert model.calibration is None and not model.calibration_path("pose").is_file()
+    paper = splatlab.load_detector(small_run, anomaly=splatlab_paper(), pose_config=pose_config("splatpose"))
+    assert paper.anomaly.method == "splatpose" and paper.pose_config.k == 1 and paper.calibration is None
+    monkeypatch.setenv("SPLATLAB_FAST", "1")
+    fast = splatlab.load_detector(small_run)
+    assert fast.calibration is not None and fast.calibration.method == "cosine"  # the saved one
     views = load_mad_class(small_class, size=48).train
     torch.testing.assert_close(model.views.images, views.images)
     by_hand = DetectorModel.from_run(small_run, views)
     torch.testing.assert_close(by_hand.retriever.cameras.viewmats, model.retriever.cameras.viewmats)
-    paper = splatlab.load_detector(small_run, anomaly=splatlab_paper(), pose_config=pose_config("splatpose"))
-    assert paper.anomaly.method == "splatpose" and paper.pose_config.k == 1 and paper.calibration is None
 
 
 def splatlab_paper():
