@@ -49,8 +49,10 @@ def test_detect_writes_overlays_maps_and_results_that_match_the_library(small_cl
         overlay = Image.open(r["overlay"])
         assert overlay.size[0] > 3 * overlay.size[1]  # four panels side by side
     assert {p.name for p in out.iterdir()} >= {"Burrs_0_overlay.png", "good_1_map.npy", "results.json"}
-    assert stat.S_IMODE(out.stat().st_mode) == 0o755 or stat.S_IMODE(out.stat().st_mode) & 0o055 == 0o055
-    assert all(stat.S_IMODE(p.stat().st_mode) & 0o044 == 0o044 for p in out.iterdir())  # world-readable
+    from splatlab.atomic import dir_mode, file_mode  # 0755 / 0644 under the usual umask
+
+    assert stat.S_IMODE(out.stat().st_mode) == dir_mode()
+    assert all(stat.S_IMODE(p.stat().st_mode) == file_mode() for p in out.iterdir())
 
 
 def test_first_use_calibrates_and_saves_and_png16_maps(small_class, small_run, tmp_path, fast, caplog):

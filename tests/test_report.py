@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import numpy as np
 import pytest
@@ -92,6 +93,11 @@ def test_write_report_is_atomic_and_complete(tmp_path):
     assert json.loads((out / "results.json").read_text())["mean_aupro"] == 95.0
     for png in ("roc_curves.png", "examples_01Cat.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the modes of ordinary files and folders (tempfile alone would make the folder 0700)
+    from splatlab.atomic import dir_mode, file_mode
+
+    assert stat.S_IMODE(out.stat().st_mode) == dir_mode()
+    assert all(stat.S_IMODE(p.stat().st_mode) == file_mode() for p in out.iterdir())
     # Writing again replaces the folder as a whole.
     write_report(tmp_path / "rep", dict(_summary(), mean_aupro=1.0))
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["README.md", "results.json"]

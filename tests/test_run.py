@@ -20,8 +20,10 @@ def test_config_records_the_class_folder_relative_to_the_run(small_class, small_
     assert find_class_dir(small_run).resolve() == small_class.resolve()
     config, _ = read_config(small_run)
     assert config.name == "fast" and config.resolution == 48
-    assert stat.S_IMODE(small_run.stat().st_mode) & 0o055 == 0o055  # others can read the run folder
-    assert all(stat.S_IMODE(p.stat().st_mode) & 0o044 == 0o044 for p in small_run.iterdir())
+    from splatlab.atomic import dir_mode, file_mode  # 0755 / 0644 under the usual umask
+
+    assert stat.S_IMODE(small_run.stat().st_mode) == dir_mode()
+    assert all(stat.S_IMODE(p.stat().st_mode) == file_mode() for p in small_run.iterdir())
 
 
 def test_moving_run_and_data_together_or_apart(small_class, small_run, tmp_path):

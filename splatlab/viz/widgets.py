@@ -259,13 +259,18 @@ class ThresholdSlider(_Shown):
         start = float(threshold) if threshold is not None else 0.5 * (lo + hi)
 
         image_kw = dict(format="png", width=size)
-        self.heat_image = w.Image(value=png_bytes(heat_overlay(self.image, self.map)), **image_kw)
+        if threshold is not None:  # the class's scale: 0 to twice the calibrated threshold (mid-colour)
+            heat = heat_overlay(self.image, self.map, vmin=0.0, vmax=2.0 * float(threshold))
+            map_title = "anomaly map (0 to 2 × calibrated threshold)"
+        else:
+            heat, map_title = heat_overlay(self.image, self.map), "anomaly map (per-image scale)"
+        self.heat_image = w.Image(value=png_bytes(heat), **image_kw)
         self.decision_image = w.Image(**image_kw)
         self.caption = w.HTML()
         self.slider = w.FloatSlider(value=start, min=lo, max=hi, step=(hi - lo) / 200,
                                     description="threshold", readout_format=".4g", continuous_update=True)
         titled = [w.VBox([w.HTML(f"<b>{t}</b>"), im]) for t, im in
-                  (("anomaly map", self.heat_image), ("pixels above the threshold", self.decision_image))]
+                  ((map_title, self.heat_image), ("pixels above the threshold", self.decision_image))]
         self.widget = w.VBox([self.slider, w.HBox(titled), self.caption])
         self.slider.observe(lambda change: self.update(change["new"]), names="value")
         self.update(start)
