@@ -23,6 +23,7 @@ with the same seed ends.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -642,6 +643,19 @@ def default_run_root() -> Path:
     return Path(splatlab.__file__).resolve().parents[1] / "runs"
 
 
+def training_fingerprint(class_dir: str | os.PathLike) -> str:
+    """SHA-256 of a class folder's training data: ``transforms.json`` and every file under ``train/``."""
+    class_dir = Path(class_dir)
+    digest = hashlib.sha256()
+    train = sorted(p for p in (class_dir / "train").rglob("*") if p.is_file())
+    files = [class_dir / "transforms.json", *train]
+    for path in files:
+        if path.is_file():
+            digest.update(str(path.relative_to(class_dir)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def ensure_trained(
     class_dir: str | os.PathLike, run_root: str | os.PathLike | None = None, preset: str | None = None,
     size: int | None = 128, *, device=None, progress: bool = True, **overrides: Any,
@@ -658,7 +672,8 @@ def ensure_trained(
         **overrides: ``TrainConfig`` fields to replace (they go into the run folder's name).
 
     Returns:
-        ``run_root / "{class}-{preset}-{size}px[-overrides]"``.
+        ``run_root / "{class}-{preset}-{size}px-{data}[-overrides]"``, ``data`` the first 8 hex digits of
+        :func:`training_fingerprint`.
     """
     from splatlab.data.mad import load_train
 
@@ -670,7 +685,8 @@ def ensure_trained(
     tag = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
     root = Path(run_root) if run_root is not None else default_run_root()
     root.mkdir(parents=True, exist_ok=True)
-    run = root / f"{class_dir.name}-{config.name}-{size or 'full'}px{tag}"
+    data = training_fingerprint(class_dir)[:8]  # same class name, other views (another look): another run
+    run = root / f"{class_dir.name}-{config.name}-{size or 'full'}px-{data}{tag}"
     resume = True
     if (run / "splats.ply").is_file():
         diff = _config_diff(run / "config.json", config)
