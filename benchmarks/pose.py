@@ -98,6 +98,7 @@ def main() -> int:
     parser.add_argument(
         "--heldout", type=int, default=0, help="also query every N-th training view (0 = none)"
     )
+    parser.add_argument("--look", default="clean", help="look of the generated data: clean or real")
     parser.add_argument("--threads", type=int, default=1, help="torch/Numba threads during estimation")
     parser.add_argument(
         "--set",
@@ -122,7 +123,7 @@ def main() -> int:
         config = pose_config(args.preset, **overrides)
     except (TypeError, ValueError) as e:
         parser.error(f"--preset {args.preset} with --set {args.set}: {e}")
-    root = Path(args.data) if args.data else default_dataset(args.size)
+    root = Path(args.data) if args.data else default_dataset(args.size, look=args.look)
     dirs = list_classes(root)
     if args.classes:
         dirs = [d for d in dirs if d.name in set(args.classes)]

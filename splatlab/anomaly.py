@@ -87,8 +87,15 @@ class AnomalyConfig:
     rgb_weight: float = 1.0  # weight of the RGB term in "splatpose"
     feature_weight: float = 1.0  # weight of the (summed) feature terms in "splatpose"
     ssim_window: int = 11  # side of the Gaussian SSIM window (σ = 1.5), for "ssim"
+    # Photometric alignment of the rendered reference to the query before the map (splatlab.appearance):
+    # "none", "gain" or "affine" per colour channel; applied by splatlab.detect, which has the render's alpha
+    appearance: str = "none"
 
     def __post_init__(self) -> None:
+        from splatlab.appearance import APPEARANCES
+
+        if self.appearance not in APPEARANCES:
+            raise ValueError(f"appearance must be one of {APPEARANCES}, got {self.appearance!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if int(self.size) < 16:

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from splatlab.appearance import APPEARANCES, align_render
 from splatlab.cameras import se3_exp, se3_log
 from splatlab.losses import photometric_loss
 from splatlab.render import render
@@ -101,6 +102,9 @@ class PoseConfig:
     early_stop_tol: float = 1e-3  # relative loss decrease that counts as an improvement
     record_every: int = 0  # keep a render every n steps of the full refinement (and the last); 0 = none
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # render background; MAD objects are on white
+    # Photometric alignment of each render to the query before the loss (splatlab.appearance): "none",
+    # "gain" or "affine" per colour channel, re-fitted at every step.
+    appearance: str = "none"
     # The renderer's 2D low-pass in px² at full size (scaled by scale² at reduced sizes): the splats' own, the
     # TrainConfig.eps2d they were trained with (DetectorModel.from_run sets it from the run folder).
     eps2d: float = 0.3
@@ -126,6 +130,8 @@ class PoseConfig:
             raise ValueError("pyramid_scales and short_scale must be in (0, 1]")
         if sum(self.pyramid_steps) > self.steps or any(n < 0 for n in self.pyramid_steps):
             raise ValueError(f"pyramid_steps must be >= 0 and sum to at most steps={self.steps}")
+        if self.appearance not in APPEARANCES:
+            raise ValueError(f"appearance must be one of {APPEARANCES}, got {self.appearance!r}")
         if self.pivot not in ("camera", "object"):
             raise ValueError(f"pivot must be 'camera' or 'object', got {self.pivot!r}")
         if self.num_threads is not None and self.num_threads < 1:
@@ -365,7 +371,7 @@ def _optimise(
                     f"pose refinement diverged: the pose update became non-finite at step {step}", step
                 )
             vm = apply_delta(viewmats0, delta, *frame)
-            img, _, _ = render(
+            img, alpha, _ = render(
                 params["means"],
                 params["quats"],
                 params["scales"],
@@ -380,6 +386,8 @@ def _optimise(
                 backend=cfg.backend,
                 eps2d=cfg.eps2d * (w / width) ** 2,
             )
+            if cfg.appearance != "none":
+                img = align_render(img, alpha, target.expand_as(img), cfg.appearance, background)
             loss = torch.stack([photometric_loss(img[b], target, cfg.ssim_weight) for b in range(B)])
             if not bool(torch.isfinite(loss).all()):
                 raise PoseDivergedError(
