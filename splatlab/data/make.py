@@ -256,6 +256,17 @@ def render_defective_pbr(
     return image, mask, alpha
 
 
+def render_look(
+    mesh: ColoredMesh, cameras: Cameras, index: int, cfg: MakeConfig, test: bool = False, seed: int = 0
+) -> np.ndarray:
+    """One defect-free view as ``cfg``'s renderer draws it, under the training (or test) light. [H, W, 3]"""
+    if cfg.renderer == "raycast":
+        return render_view(mesh, cameras, index, cfg)[0]
+    lighting = cfg.realism.test_lighting() if test else cfg.realism.light
+    scene = PBRScene(mesh, cfg.realism, lighting)
+    return _develop(scene, cameras, index, cfg, np.random.default_rng(seed))[0]
+
+
 def _image_rng(cfg: MakeConfig, name: str, number: int, train: bool) -> np.random.Generator:
     """The stream of one image's render seed and camera effects, apart from the poses' and defects' stream.
 
@@ -534,6 +545,7 @@ __all__ = [
     "MakeConfig",
     "look_config",
     "render_defective_pbr",
+    "render_look",
     "data_dir",
     "default_dataset",
     "make_class",
