@@ -26,7 +26,7 @@ from splatlab.data.raycast import ColoredMesh, camera_rays, first_hits, load_mes
 
 CLASS = "05Parrot"  # the smallest shipped mesh
 TINY_REAL = look_config(
-    "real",
+    "real-relit",
     size=48,
     supersample=2,
     elevations_deg=(0.0, 50.0),
