@@ -18,11 +18,13 @@ The threading layer
 
 Thread counts
     :func:`thread_counts` chooses them from the size of the work: Numba (the renderer) always uses every
-    core it may (``numba.config.NUMBA_NUM_THREADS``); torch uses one thread for images smaller than
-    :data:`TORCH_ONE_THREAD_BELOW` pixels, where its ops are too small to gain from a second thread and
-    its OpenMP pool only gets in the Numba threads' way, and every core above. ``benchmarks/threads.py``
-    measures the crossover. An explicit ``num_threads`` wins for both. :func:`threads_for` applies the
-    choice for a block and restores the previous counts afterwards.
+    core it may (``numba.config.NUMBA_NUM_THREADS``); torch uses one thread for images of up to
+    :data:`TORCH_ONE_THREAD_UP_TO` pixels and every core above. ``benchmarks/threads.py`` measures where
+    a second torch thread starts to pay in pose refinement: on 2 cores it did not, up to 800², the largest
+    size measured (the Numba kernels do the heavy work; torch's ops are small, and its OpenMP threads,
+    which spin after each op unless ``OMP_WAIT_POLICY=PASSIVE``, took the cores from Numba's: up to 7×
+    slower steps without that setting, about even with it). An explicit ``num_threads`` wins for both.
+    :func:`threads_for` applies the choice for a block and restores the previous counts afterwards.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import torch
 
 __all__ = [
     "LAYER_ORDER",
-    "TORCH_ONE_THREAD_BELOW",
+    "TORCH_ONE_THREAD_UP_TO",
     "choose_threading_layer",
     "thread_counts",
     "threads_for",
@@ -55,9 +57,9 @@ log = logging.getLogger(__name__)
 #: ``benchmarks/render.py --layers`` for the measurement, and :func:`choose_threading_layer`.
 LAYER_ORDER = ("tbb", "workqueue", "omp")
 
-#: Below this many pixels per image torch runs on one thread while Numba uses every core (measured with
-#: ``benchmarks/threads.py``; see the README).
-TORCH_ONE_THREAD_BELOW = 256 * 256
+#: Up to this many pixels per image torch runs on one thread while Numba uses every core: the largest size
+#: ``benchmarks/threads.py`` measured, where one torch thread was still as fast as two (2 cores; README).
+TORCH_ONE_THREAD_UP_TO = 800 * 800
 
 _TBB_SONAME = "libtbb.so.12"
 
@@ -134,7 +136,7 @@ def thread_counts(pixels: int, num_threads: int | None = None) -> tuple[int, int
     cores = numba.config.NUMBA_NUM_THREADS  # the usable cores, or the NUMBA_NUM_THREADS variable
     if num_threads is not None:
         return num_threads, min(num_threads, cores)
-    return (1 if pixels < TORCH_ONE_THREAD_BELOW else cores), cores
+    return (1 if pixels <= TORCH_ONE_THREAD_UP_TO else cores), cores
 
 
 @contextlib.contextmanager
