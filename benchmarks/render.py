@@ -16,12 +16,14 @@ changes the numbers a lot: the JSON records the load average before and after.
 
 Threading layers: Numba picks its layer once per process, so the cpu backend's cases run once per layer
 (``--layers``, default tbb, omp and workqueue) in a child process with ``NUMBA_THREADING_LAYER`` set, side
-by side in one run; torch's threads are the library's choice (:func:`splatlab.threads.thread_counts`). Each
-child also times torch's own SSIM forward+backward (256²) after Numba's threads have started, with one and
-with all threads, since a second OpenMP runtime (Numba's ``omp``) can slow torch's. ``layers`` holds each
-layer's rows, ``fastest_layer_fwdbwd`` the winner per case, and ``cases`` the rows of the layer the library
-picks (``library_layer``: the first of :data:`splatlab.threads.LAYER_ORDER` that loads) beside the torch
-reference, which runs in the parent with torch's default thread count.
+by side in one run: the layers take turns for ``--rounds`` rounds (medians of the rounds' medians), with
+torch's threads as the library chooses them (:func:`splatlab.threads.thread_counts`). Each child also
+times torch's own SSIM forward+backward (256²) after Numba's threads have started, with one and with all
+threads, since a second OpenMP runtime (Numba's ``omp``) can slow torch's, and 10-step runs of
+:func:`splatlab.pose.refine` (L1 + SSIM, 5000 Gaussians, 128²: the pipeline's mix of torch and Numba).
+``layers`` holds each layer's rows, ``fastest_layer_fwdbwd`` the winner per case, and ``cases`` the rows
+of the layer the library picks (``library_layer``: the first of :data:`splatlab.threads.LAYER_ORDER` that
+loads) beside the torch reference, which runs in the parent with torch's default thread count.
 
 Memory (``peak_mb``): for each case a fresh subprocess warms up on a small scene, notes its resident set
 size (VmRSS), resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs one forward+backward at
@@ -214,6 +216,17 @@ def layer_child(reps: int) -> None:
             if i >= 3:
                 ts.append(1000.0 * (time.perf_counter() - t0))
         probe[name] = round(statistics.median(ts), 2)
+    # the pipeline's mix of torch and Numba work: pose refinement steps (L1 + SSIM) on the 5000/128² scene
+    from threads import refine_call
+
+    call, steps = refine_call(128, 5000, 10, 0.2), 10
+    call()  # warm-up
+    ts = []
+    for _ in range(max(3, reps // 3)):
+        t0 = time.perf_counter()
+        call()
+        ts.append(1000.0 * (time.perf_counter() - t0) / steps)
+    probe["refine_128_ms_per_step"] = round(statistics.median(ts), 2)
     print(json.dumps({"layer": numba.threading_layer(), "cases": cases, **probe}))
 
 
@@ -227,6 +240,21 @@ def measure_layer(layer: str, reps: int) -> dict | None:
         print(f"threading layer {layer}: not available ({last})", file=sys.stderr)
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def merge_rounds(results: list[dict]) -> dict:
+    """One layer's rounds in one: medians of the rounds' medians, minima of their minima."""
+    out = {"layer": results[0]["layer"], "rounds": len(results), "cases": []}
+    for i, case in enumerate(results[0]["cases"]):
+        row = {k: case[k] for k in ("n", "res", "backend")}
+        for k in ("fwd_ms", "fwdbwd_ms"):
+            row[k] = round(statistics.median(r["cases"][i][k] for r in results), 2)
+            k_min = k.replace("_ms", "_min_ms")
+            row[k_min] = min(r["cases"][i][k_min] for r in results)
+        out["cases"].append(row)
+    for k in ("torch_ssim_1_ms", "torch_ssim_all_ms", "refine_128_ms_per_step"):
+        out[k] = round(statistics.median(r[k] for r in results), 2)
+    return out
 
 
 def _status_mb(key: str) -> float:
@@ -301,6 +329,7 @@ def main() -> None:
         choices=["tbb", "omp", "workqueue"],
         help="Numba threading layers to measure, each in its own process",
     )
+    ap.add_argument("--rounds", type=int, default=3, help="turns of every layer (medians over them)")
     ap.add_argument("--mem-child", nargs=3, metavar=("BACKEND", "N", "RES"), help=argparse.SUPPRESS)
     ap.add_argument("--layer-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -318,21 +347,28 @@ def main() -> None:
 
     load_before = os.getloadavg()
     layers = {}
-    for layer in args.layers:
-        res_ = measure_layer(layer, args.reps)
-        layers[layer] = res_
-        if res_ is not None:
-            for c in res_["cases"]:
-                print(
-                    f"{layer:>9}  N={c['n']:>6}  {c['res']}x{c['res']}  fwd {c['fwd_ms']:>9.2f} ms  "
-                    f"fwd+bwd {c['fwdbwd_ms']:>9.2f} ms",
-                    flush=True,
-                )
+    rounds: dict[str, list[dict]] = {x: [] for x in args.layers}
+    for _ in range(args.rounds):  # layers take turns, so slow drifts of other load hit them alike
+        for layer in args.layers:
+            if rounds[layer] is not None:
+                got = measure_layer(layer, args.reps)
+                rounds[layer] = None if got is None else rounds[layer] + [got]
+    layers = {x: None if r is None else merge_rounds(r) for x, r in rounds.items()}
+    for layer, res_ in layers.items():
+        if res_ is None:
+            continue
+        for c in res_["cases"]:
             print(
-                f"{layer:>9}  torch SSIM 256² fwd+bwd after Numba started: "
-                f"1 thread {res_['torch_ssim_1_ms']} ms, all {res_['torch_ssim_all_ms']} ms",
+                f"{layer:>9}  N={c['n']:>6}  {c['res']}x{c['res']}  fwd {c['fwd_ms']:>9.2f} ms  "
+                f"fwd+bwd {c['fwdbwd_ms']:>9.2f} ms",
                 flush=True,
             )
+        print(
+            f"{layer:>9}  torch SSIM 256² fwd+bwd after Numba started: "
+            f"1 thread {res_['torch_ssim_1_ms']} ms, all {res_['torch_ssim_all_ms']} ms; "
+            f"pose refinement 128²: {res_['refine_128_ms_per_step']} ms per step",
+            flush=True,
+        )
     # the library's layer: the first of its order that loads (a layer asked for by name that cannot load
     # makes Numba raise, so the child fails)
     library = next((x for x in LAYER_ORDER if layers.get(x) and layers[x]["layer"] == x), None)

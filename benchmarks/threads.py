@@ -57,10 +57,10 @@ def _start_pose(viewmat: torch.Tensor) -> torch.Tensor:
     return apply_delta(viewmat, delta, 1.0, 3.5)
 
 
-def time_size(res: int, n: int, steps: int, reps: int, ssim_weight: float) -> dict:
+def refine_call(res: int, n: int, steps: int, ssim_weight: float):
+    """A function running :func:`splatlab.pose.refine` for ``steps`` steps on the benchmark scene."""
     from render import make_scene
 
-    from splatlab import threads
     from splatlab.pose import pose_config, refine
     from splatlab.render import render
 
@@ -76,6 +76,13 @@ def time_size(res: int, n: int, steps: int, reps: int, ssim_weight: float) -> di
         pose_config("cpu"), steps=steps, ssim_weight=ssim_weight, backend="cpu", eps2d=0.3, num_threads=None
     )
     start = _start_pose(V)
+    return lambda: refine(query, splats, start, K, config)
+
+
+def time_size(res: int, n: int, steps: int, reps: int, ssim_weight: float) -> dict:
+    from splatlab import threads
+
+    call = refine_call(res, n, steps, ssim_weight)
     choices = {"torch_1": math.inf, "torch_all": -1}
     times: dict[str, list[float]] = {k: [] for k in choices}
     saved = threads.TORCH_ONE_THREAD_UP_TO
@@ -84,7 +91,7 @@ def time_size(res: int, n: int, steps: int, reps: int, ssim_weight: float) -> di
             for name, up_to in choices.items():
                 threads.TORCH_ONE_THREAD_UP_TO = up_to
                 t0 = time.perf_counter()
-                refine(query, splats, start, K, config)
+                call()
                 if rep:
                     times[name].append((time.perf_counter() - t0) / steps)
     finally:
