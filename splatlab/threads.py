@@ -19,12 +19,13 @@ The threading layer
 Thread counts
     :func:`thread_counts` chooses them from the size of the work: Numba (the renderer) always uses every
     core it may (``numba.config.NUMBA_NUM_THREADS``); torch uses one thread for images of up to
-    :data:`TORCH_ONE_THREAD_UP_TO` pixels and every core above. ``benchmarks/threads.py`` measures where
-    a second torch thread starts to pay in pose refinement: on 2 cores it did not, up to 800², the largest
-    size measured (the Numba kernels do the heavy work; torch's ops are small, and its OpenMP threads,
-    which spin after each op unless ``OMP_WAIT_POLICY=PASSIVE``, took the cores from Numba's: up to 7×
-    slower steps without that setting, about even with it). An explicit ``num_threads`` wins for both.
-    :func:`threads_for` applies the choice for a block and restores the previous counts afterwards.
+    :data:`TORCH_ONE_THREAD_UP_TO` pixels and every core above. ``benchmarks/threads.py`` times pose
+    refinement both ways (2 cores, see the README): with ``OMP_WAIT_POLICY`` unset, as in a Python
+    session, torch's spinning OpenMP threads took the cores from Numba's and one torch thread was 2-17x
+    faster at every size from 64² to 800²; with ``PASSIVE`` the two were close. The library cannot set
+    that variable once torch is imported, so one torch thread, up to the largest size measured. An
+    explicit ``num_threads`` wins for both. :func:`threads_for` applies the choice for a block and
+    restores the previous counts afterwards.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 LAYER_ORDER = ("tbb", "workqueue", "omp")
 
 #: Up to this many pixels per image torch runs on one thread while Numba uses every core: the largest size
-#: ``benchmarks/threads.py`` measured, where one torch thread was still as fast as two (2 cores; README).
+#: ``benchmarks/threads.py`` measured (2 cores; see the module docstring and the README).
 TORCH_ONE_THREAD_UP_TO = 800 * 800
 
 _TBB_SONAME = "libtbb.so.12"
@@ -105,9 +106,11 @@ def _layer_fixed() -> bool:
 def choose_threading_layer() -> None:
     """Prefer Numba's ``tbb`` threading layer, then ``workqueue``; OpenMP only if the user chose it.
 
-    Measured on 2 cores (``benchmarks/render.py --layers``, see the README): ``tbb`` and ``omp`` are close
-    for the renderer alone, ``workqueue`` is slower (its caller thread sleeps while the workers run), and
-    ``omp`` brings a second OpenMP runtime into the process next to torch's.
+    Measured on 2 cores (``benchmarks/render.py``, the three side by side; see the README): ``tbb`` is
+    the fastest or even with ``omp``, and ``workqueue`` the slowest at 256² and 400². ``workqueue`` still
+    comes before ``omp`` as the fallback (used only where no tbb wheel exists): ``omp`` puts a second
+    OpenMP runtime next to torch's, which made training slowest in an earlier measurement; torch's SSIM
+    alone was not slower with it in ours, and training was not measured again.
 
     The layer is fixed by Numba's first parallel launch, and ``numba.get_num_threads()`` and
     ``set_num_threads()`` launch it too: call this first (the renderer and :func:`use_threads` do). Set
