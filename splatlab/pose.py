@@ -38,7 +38,6 @@ convergence are in :mod:`splatlab.pose_eval`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -55,6 +54,7 @@ from splatlab.losses import photometric_loss
 from splatlab.render import render
 from splatlab.retrieval import Retriever, check_query
 from splatlab.splats import activated, sh_degree_of
+from splatlab.threads import threads_for
 from splatlab.train import LOW_RES_EPS2D
 
 log = logging.getLogger(__name__)
@@ -109,9 +109,9 @@ class PoseConfig:
     # TrainConfig.eps2d they were trained with (DetectorModel.from_run sets it from the run folder).
     eps2d: float = 0.3
     backend: str = "auto"  # renderer: "auto" (gsplat on CUDA, Numba kernel on CPU), "cpu", "torch", "gsplat"
-    num_threads: int | None = (
-        None  # CPU threads (torch and Numba) while estimating, restored after; None = as set
-    )
+    # CPU threads (torch and Numba) while estimating, restored after; None = chosen by splatlab.threads
+    # from the image size
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ("features", "sift"):
@@ -309,31 +309,6 @@ class PoseResult:
 # ----------------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _threads(n: int | None):
-    """Run with ``n`` torch and Numba threads and restore the previous counts afterwards.
-
-    Small images (128²) gain little from threads, and on a shared, oversubscribed machine OpenMP's
-    barriers can make every step 10-50× slower; one thread per estimate is the robust choice there.
-    """
-    if n is None:
-        yield
-        return
-    import numba
-
-    from splatlab.render.cpu import choose_threading_layer
-
-    choose_threading_layer()  # numba.get_num_threads() would otherwise fix the slower OpenMP layer
-    old_torch, old_numba = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(n)
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_torch)
-        numba.set_num_threads(old_numba)
-
-
 def _prepared(splats, device) -> tuple[dict[str, Tensor], int]:
     p = {k: v.detach().to(device) for k, v in activated(splats).items()}
     p["quats"] = F.normalize(p["quats"], dim=-1)
@@ -464,7 +439,8 @@ def refine(
         config: Steps, learning rate, pyramid, early stop, recording.
         device: Where to run; None means the device of the splats.
     """
-    with _threads(config.num_threads):
+    pixels = query.shape[0] * query.shape[1] if getattr(query, "ndim", 0) >= 2 else 0
+    with threads_for(pixels, config.num_threads):
         return _refine(query, splats, viewmat0, K, config, device)
 
 
@@ -555,7 +531,7 @@ def estimate_pose(
         ValueError: The query is not RGB [H, W, 3] of the training views' size, or holds NaN.
         PoseDivergedError: The loss or pose became non-finite; the message names the step.
     """
-    with _threads(config.num_threads):
+    with threads_for(retriever.cameras.height * retriever.cameras.width, config.num_threads):
         return _estimate(query, splats, retriever, config, device, exclude)
 
 

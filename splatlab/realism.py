@@ -117,3 +117,14 @@ def study_figure(rows: list[dict], metric: str = "image_auroc"):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def study_table(rows: list[dict]) -> str:
+    """The rows of :func:`study` as a plain-text table: value, alignment, image / pixel AUROC, pose AUC@5°."""
+    lines = [f"{rows[0]['knob']:>12}  {'alignment':>9}  image AUROC  pixel AUROC  pose AUC@5"]
+    for r in rows:
+        lines.append(
+            f"{r['value']:>12g}  {r['appearance']:>9}  {r['image_auroc']:11.1f}  {r['pixel_auroc']:11.1f}"
+            f"  {r['pose_auc5']:10.1f}"
+        )
+    return "\n".join(lines)

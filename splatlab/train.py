@@ -22,6 +22,7 @@ with the same seed ends.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,6 +41,7 @@ from torch import Tensor
 from splatlab.cameras import Cameras
 from splatlab.losses import photometric_loss, psnr, ssim
 from splatlab.splats import random_splats, render_splats, save_ply
+from splatlab.threads import thread_counts, use_threads
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,8 @@ class TrainConfig:
     grow_scale3d: float = 0.01  # DefaultStrategy.grow_scale3d: duplicate below, split above (x scene_scale)
     prune_opa: float = 0.005  # DefaultStrategy.prune_opa: prune Gaussians less opaque than this
     prune_scale3d: float = 0.1  # DefaultStrategy.prune_scale3d: prune larger (x scene_scale) late in the run
-    torch_threads: int | None = 1  # torch intra-op threads while training on CPU (None = unchanged); the
-    #   Numba kernels do the heavy work, and torch's OpenMP pool only adds contention on small images
+    torch_threads: int | None = None  # torch intra-op threads while training on CPU; None = chosen by
+    #   splatlab.threads from the image size (one for small images, where the Numba kernels do the work)
     backend: str = "auto"  # "auto" (gsplat on GPU, Numba kernel on CPU), "cpu", "torch" or "gsplat"
     checkpoint_every: int = 1_000  # write checkpoint.pt every this many steps (0 = only at the end)
     log_every: int = 10  # refresh the progress bar every this many steps
@@ -391,14 +393,13 @@ def train(
     train_idx, test_idx = split_views(len(images), config)
     scene_scale = config.scene_scale or scene_extent(cameras)
     ckpt = _load_checkpoint(out, config) if (resume and out is not None) else None
-    threads = torch.get_num_threads()
-    if config.torch_threads is not None and device.type == "cpu":
-        torch.set_num_threads(config.torch_threads)
-    try:
+    threads = contextlib.nullcontext()
+    if device.type == "cpu":
+        torch_n, numba_n = thread_counts(images.shape[1] * images.shape[2])
+        threads = use_threads(config.torch_threads or torch_n, numba_n)
+    with threads:
         return _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_scale, device,
                            progress, stop_at)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_scale, device, progress,
@@ -564,7 +565,8 @@ def _config_diff(saved: dict | Path, config: TrainConfig) -> list[str]:
     except (TypeError, ValueError) as exc:
         return [f"unreadable config ({exc})"]
     now = config.to_dict()
-    return sorted(k for k in now if k not in ("checkpoint_every", "log_every") and saved[k] != now[k])
+    same = ("checkpoint_every", "log_every", "torch_threads")  # how the run goes, not what it makes
+    return sorted(k for k in now if k not in same and saved[k] != now[k])
 
 
 def _load_checkpoint(out: Path, config: TrainConfig) -> dict | None:
