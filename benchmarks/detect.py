@@ -57,6 +57,7 @@ def run_benchmark(args) -> tuple[dict, dict]:
         method=args.method,
         compare_methods=tuple(args.compare),
         appearance=args.appearance,
+        presmooth=args.presmooth,
         calibration=args.calibration,
         calib_every=args.calib_every,
         max_queries=args.max_queries,
@@ -80,9 +81,10 @@ def main(argv=None) -> int:
     p.add_argument("--look", default="clean", help="look of the generated data: clean or real")
     p.add_argument(
         "--appearance",
-        default="none",
-        help="photometric alignment of renders to the query: none, gain, affine (splatlab.appearance)",
+        default="affine",
+        help="photometric alignment of the reference to the query: none, gain, affine (splatlab.appearance)",
     )
+    p.add_argument("--presmooth", type=float, default=2.2, help="blur σ (px at 224²) of both images; 0: none")
     p.add_argument("--runs", default=None, help="run root for trained splats (default: runs/)")
     p.add_argument("--size", type=int, default=128, help="image size the classes are loaded and trained at")
     p.add_argument("--train-preset", default="cpu", help="training preset (cpu, gpu, fast)")

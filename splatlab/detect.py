@@ -221,8 +221,13 @@ class DetectorModel:
     def calibration_path(self, source: str) -> Path:
         if self.run_dir is None:
             raise ValueError("this model has no run_dir to keep calibrations in")
-        aligned = "" if self.anomaly.appearance == "none" else f"-{self.anomaly.appearance}"
-        return Path(self.run_dir) / f"calibration_{self.anomaly.method}{aligned}_{source}.json"
+        # The map's settings beyond the method, where they are not the defaults, name the file too.
+        extra = "".join(
+            f"-{k}{v}"
+            for k, v in (("appearance", self.anomaly.appearance), ("presmooth", self.anomaly.presmooth))
+            if v != getattr(AnomalyConfig, k)
+        )
+        return Path(self.run_dir) / f"calibration_{self.anomaly.method}{extra}_{source}.json"
 
     def calibrate(
         self, views, config: CalibrationConfig | None = None, mode: Mode = "full", save: bool = True

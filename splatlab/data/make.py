@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -153,7 +154,13 @@ def default_dataset(size: int = 128, seed: int = 0, look: str = "clean") -> Path
         tag = "" if look == "clean" else f"{look}-"
         out = root / "cache" / f"lego-mad-{tag}{size}px-seed{seed}"
     if out.is_dir():
-        return out
+        made = out / "make_config.json"
+        wanted = json.loads(json.dumps(asdict(cfg)))
+        if made.is_file() and json.loads(made.read_text()).get("config") == wanted:
+            return out
+        stale = out.with_name(f"{out.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        log.warning("%s was made with other settings; moving it to %s and making it again", out, stale)
+        os.rename(out, stale)
     make_dataset(out, cfg)
     return out
 
