@@ -1,6 +1,6 @@
-"""Time generating the default LEGO-MAD dataset (all shipped classes, 128 px, seed 0) into a temporary folder.
+"""Time generating the default LEGO-MAD dataset (all shipped classes, 128 px, seed 0) of a look.
 
-    python benchmarks/data_make.py [--size 128] [--classes 01Cat 02Puppy]
+    python benchmarks/data_make.py [--size 128] [--classes 01Cat 02Puppy] [--look real]
 
 The last stdout line is JSON: seconds in total and per class, image counts, CPU count.
 """
@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from splatlab.data.make import MakeConfig, make_dataset, shipped_classes
+from splatlab.data.make import LOOKS, look_config, make_dataset, shipped_classes
 
 
 def main() -> None:
@@ -23,8 +23,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classes", nargs="*", default=None)
+    parser.add_argument("--look", choices=list(LOOKS), default="clean")
+    parser.add_argument("--spp", type=int, default=None, help="samples per pixel of the real look")
     args = parser.parse_args()
-    cfg = replace(MakeConfig(), size=args.size, seed=args.seed)
+    cfg = look_config(args.look, size=args.size, seed=args.seed)
+    if args.spp is not None:
+        cfg = replace(cfg, realism=replace(cfg.realism, spp=args.spp))
     names = args.classes or [e["name"] for e in shipped_classes()]
     per_class = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,6 +43,8 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "data_make",
+                "look": args.look,
+                "spp": cfg.realism.spp if cfg.renderer == "mitsuba" else None,
                 "size": cfg.size,
                 "supersample": cfg.supersample,
                 "classes": len(names),

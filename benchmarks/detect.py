@@ -40,7 +40,7 @@ def run_benchmark(args) -> tuple[dict, dict]:
     from splatlab.data import default_dataset, list_classes
     from splatlab.evaluate import EvalConfig, evaluate
 
-    root = Path(args.data) if args.data else default_dataset(size=args.size)
+    root = Path(args.data) if args.data else default_dataset(size=args.size, look=args.look)
     class_dirs = list_classes(root)
     if args.classes:
         wanted = set(args.classes)
@@ -56,6 +56,8 @@ def run_benchmark(args) -> tuple[dict, dict]:
         pose_preset=args.pose_preset,
         method=args.method,
         compare_methods=tuple(args.compare),
+        appearance=args.appearance,
+        presmooth=args.presmooth,
         calibration=args.calibration,
         calib_every=args.calib_every,
         max_queries=args.max_queries,
@@ -76,6 +78,13 @@ def main(argv=None) -> int:
     )
     p.add_argument("--out", default="reports/detect", help="report folder (replaced atomically)")
     p.add_argument("--data", default=None, help="dataset root (default: the generated LEGO-MAD at --size)")
+    p.add_argument("--look", default="clean", help="look of the generated data: clean or real")
+    p.add_argument(
+        "--appearance",
+        default="affine",
+        help="photometric alignment of the reference to the query: none, gain, affine (splatlab.appearance)",
+    )
+    p.add_argument("--presmooth", type=float, default=2.2, help="blur σ (px at 224²) of both images; 0: none")
     p.add_argument("--runs", default=None, help="run root for trained splats (default: runs/)")
     p.add_argument("--size", type=int, default=128, help="image size the classes are loaded and trained at")
     p.add_argument("--train-preset", default="cpu", help="training preset (cpu, gpu, fast)")

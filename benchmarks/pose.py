@@ -14,8 +14,8 @@ error (world units; the camera is ~4 units from the object) and wall seconds per
 image to the final pose (retrieval, brief refinement of the hypotheses, full refinement), and the CPU
 seconds of this process per query (less sensitive to other processes on the machine). One warm-up
 estimate per class (Numba compilation) is not counted. Timings depend on the machine's load, recorded as
-the load average before and after; ``--threads`` sets the torch/Numba threads of the estimate (1 by
-default: 128² renders gain little from threads, and a shared machine is oversubscribed).
+the load average before and after; ``--threads`` sets the torch/Numba threads of the estimate (by default
+the library chooses them, :mod:`splatlab.threads`, as it does for the demo and the CLI).
 """
 
 from __future__ import annotations
@@ -98,7 +98,10 @@ def main() -> int:
     parser.add_argument(
         "--heldout", type=int, default=0, help="also query every N-th training view (0 = none)"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch/Numba threads during estimation")
+    parser.add_argument("--look", default="clean", help="look of the generated data: clean, real, real-relit")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch/Numba threads per estimate (default: the library's)"
+    )
     parser.add_argument(
         "--set",
         nargs="*",
@@ -115,6 +118,7 @@ def main() -> int:
     from splatlab.retrieval import Retriever
     from splatlab.run import ensure_trained, run_eps2d
     from splatlab.splats import load_ply
+    from splatlab.threads import thread_counts
 
     overrides = {"num_threads": args.threads} | ({"method": args.method} if args.method else {})
     overrides |= parse_overrides(args.set, parser)
@@ -122,7 +126,7 @@ def main() -> int:
         config = pose_config(args.preset, **overrides)
     except (TypeError, ValueError) as e:
         parser.error(f"--preset {args.preset} with --set {args.set}: {e}")
-    root = Path(args.data) if args.data else default_dataset(args.size)
+    root = Path(args.data) if args.data else default_dataset(args.size, look=args.look)
     dirs = list_classes(root)
     if args.classes:
         dirs = [d for d in dirs if d.name in set(args.classes)]
@@ -188,7 +192,7 @@ def main() -> int:
         "size": args.size,
         "data": str(root),
         "heldout_every": args.heldout,
-        "torch_threads": args.threads,
+        "threads_torch_numba": thread_counts(args.size * args.size, args.threads),  # square images
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "cpu_count": os.cpu_count(),

@@ -14,6 +14,17 @@ backward is included). Medians over repetitions after warm-up (``fwd_ms``, ``fwd
 reported too (``*_min_ms``), being less sensitive to other processes. On a shared 2-core machine other load
 changes the numbers a lot: the JSON records the load average before and after.
 
+Threading layers: Numba picks its layer once per process, so the cpu backend's cases run once per layer
+(``--layers``, default tbb, omp and workqueue) in a child process with ``NUMBA_THREADING_LAYER`` set, side
+by side in one run: the layers take turns for ``--rounds`` rounds (medians of the rounds' medians), with
+torch's threads as the library chooses them (:func:`splatlab.threads.thread_counts`). Each child also
+times torch's own SSIM forward+backward (256²) after Numba's threads have started, with one and with all
+threads, since a second OpenMP runtime (Numba's ``omp``) can slow torch's, and 10-step runs of
+:func:`splatlab.pose.refine` (L1 + SSIM, 5000 Gaussians, 128²: the pipeline's mix of torch and Numba).
+``layers`` holds each layer's rows, ``fastest_layer_fwdbwd`` the winner per case, and ``cases`` the rows
+of the layer the library picks (``library_layer``: the first of :data:`splatlab.threads.LAYER_ORDER` that
+loads) beside the torch reference, which runs in the parent with torch's default thread count.
+
 Memory (``peak_mb``): for each case a fresh subprocess warms up on a small scene, notes its resident set
 size (VmRSS), resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs one forward+backward at
 the case size and reports peak minus start (VmHWM - VmRSS). Resident memory counts torch's and Numba's
@@ -180,6 +191,72 @@ def time_case(backend: str, n: int, res: int, reps: int, warmup: int):
     return out
 
 
+def layer_child(reps: int) -> None:
+    """Run in a fresh process (Numba picks its threading layer once per process): the cpu backend's
+    cases under the layer named by ``NUMBA_THREADING_LAYER``, with the library's thread counts, plus
+    torch's own SSIM forward+backward after Numba's threads have started; printed as JSON."""
+    import numba
+
+    from splatlab.losses import ssim
+    from splatlab.threads import threads_for
+
+    cases = []
+    for n, res in CASES:
+        with threads_for(res * res):
+            cases.append({"n": n, "res": res, "backend": "cpu", **time_case("cpu", n, res, reps, 3)})
+    a = torch.rand(1, 256, 256, 3, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    b = torch.rand(1, 256, 256, 3, generator=torch.Generator().manual_seed(1))
+    probe = {}
+    for name, threads in (("torch_ssim_1_ms", 1), ("torch_ssim_all_ms", numba.config.NUMBA_NUM_THREADS)):
+        torch.set_num_threads(threads)
+        ts = []
+        for i in range(3 + reps):
+            t0 = time.perf_counter()
+            ssim(a, b).backward()
+            if i >= 3:
+                ts.append(1000.0 * (time.perf_counter() - t0))
+        probe[name] = round(statistics.median(ts), 2)
+    # the pipeline's mix of torch and Numba work: pose refinement steps (L1 + SSIM) on the 5000/128² scene
+    from threads import refine_call
+
+    call, steps = refine_call(128, 5000, 10, 0.2), 10
+    call()  # warm-up
+    ts = []
+    for _ in range(max(3, reps // 3)):
+        t0 = time.perf_counter()
+        call()
+        ts.append(1000.0 * (time.perf_counter() - t0) / steps)
+    probe["refine_128_ms_per_step"] = round(statistics.median(ts), 2)
+    print(json.dumps({"layer": numba.threading_layer(), "cases": cases, **probe}))
+
+
+def measure_layer(layer: str, reps: int) -> dict | None:
+    """The cpu cases under one Numba threading layer, in its own process; None if it cannot load."""
+    env = dict(os.environ, NUMBA_THREADING_LAYER=layer)
+    cmd = [sys.executable, os.path.abspath(__file__), "--layer-child", "--reps", str(reps)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"threading layer {layer}: not available ({last})", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def merge_rounds(results: list[dict]) -> dict:
+    """One layer's rounds in one: medians of the rounds' medians, minima of their minima."""
+    out = {"layer": results[0]["layer"], "rounds": len(results), "cases": []}
+    for i, case in enumerate(results[0]["cases"]):
+        row = {k: case[k] for k in ("n", "res", "backend")}
+        for k in ("fwd_ms", "fwdbwd_ms"):
+            row[k] = round(statistics.median(r["cases"][i][k] for r in results), 2)
+            k_min = k.replace("_ms", "_min_ms")
+            row[k_min] = min(r["cases"][i][k_min] for r in results)
+        out["cases"].append(row)
+    for k in ("torch_ssim_1_ms", "torch_ssim_all_ms", "refine_128_ms_per_step"):
+        out[k] = round(statistics.median(r[k] for r in results), 2)
+    return out
+
+
 def _status_mb(key: str) -> float:
     """A memory figure of this process from /proc/self/status (VmRSS: now, VmHWM: peak), in MB."""
     with open("/proc/self/status") as f:
@@ -245,39 +322,97 @@ def main() -> None:
     ap.add_argument("--torch-reps", type=int, default=3, help="timed repetitions of the torch reference")
     ap.add_argument("--no-torch", action="store_true", help="skip the torch reference")
     ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument(
+        "--layers",
+        nargs="+",
+        default=["tbb", "omp", "workqueue"],
+        choices=["tbb", "omp", "workqueue"],
+        help="Numba threading layers to measure, each in its own process",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="turns of every layer (medians over them)")
     ap.add_argument("--mem-child", nargs=3, metavar=("BACKEND", "N", "RES"), help=argparse.SUPPRESS)
+    ap.add_argument("--layer-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mem_child:
         b, n, r = args.mem_child
         mem_child(b, int(n), int(r))
         return
+    if args.layer_child:
+        layer_child(args.reps)
+        return
 
     import numba
 
+    from splatlab.threads import LAYER_ORDER
+
     load_before = os.getloadavg()
+    layers = {}
+    rounds: dict[str, list[dict]] = {x: [] for x in args.layers}
+    for _ in range(args.rounds):  # layers take turns, so slow drifts of other load hit them alike
+        for layer in args.layers:
+            if rounds[layer] is not None:
+                got = measure_layer(layer, args.reps)
+                rounds[layer] = None if got is None else rounds[layer] + [got]
+    layers = {x: None if r is None else merge_rounds(r) for x, r in rounds.items()}
+    for layer, res_ in layers.items():
+        if res_ is None:
+            continue
+        for c in res_["cases"]:
+            print(
+                f"{layer:>9}  N={c['n']:>6}  {c['res']}x{c['res']}  fwd {c['fwd_ms']:>9.2f} ms  "
+                f"fwd+bwd {c['fwdbwd_ms']:>9.2f} ms",
+                flush=True,
+            )
+        print(
+            f"{layer:>9}  torch SSIM 256² fwd+bwd after Numba started: "
+            f"1 thread {res_['torch_ssim_1_ms']} ms, all {res_['torch_ssim_all_ms']} ms; "
+            f"pose refinement 128²: {res_['refine_128_ms_per_step']} ms per step",
+            flush=True,
+        )
+    # the library's layer: the first of its order that loads (a layer asked for by name that cannot load
+    # makes Numba raise, so the child fails)
+    library = next((x for x in LAYER_ORDER if layers.get(x) and layers[x]["layer"] == x), None)
     cases = []
     for n, res in CASES:
-        backends = ["cpu"] + ([] if args.no_torch or n > TORCH_MAX_N else ["torch"])
-        for backend in backends:
-            reps, warmup = (args.reps, 3) if backend == "cpu" else (args.torch_reps, 1)
-            row = {"n": n, "res": res, "backend": backend, **time_case(backend, n, res, reps, warmup)}
-            row["peak_mb"] = None if args.no_mem else measure_peak(backend, n, res)
-            cases.append(row)
+        rows = []
+        if library is not None:
+            rows.append(next(dict(c) for c in layers[library]["cases"] if (c["n"], c["res"]) == (n, res)))
+            rows[-1]["layer"] = library
+        if not (args.no_torch or n > TORCH_MAX_N):  # torch's own default thread count
+            timed = time_case("torch", n, res, args.torch_reps, 1)
+            rows.append({"n": n, "res": res, "backend": "torch", **timed})
+        for row in rows:
+            row["peak_mb"] = None if args.no_mem else measure_peak(row["backend"], n, res)
             print(
-                f"{backend:>5}  N={n:>6}  {res}x{res}  fwd {row['fwd_ms']:>9.2f} ms  "
+                f"{row['backend']:>5}  N={n:>6}  {res}x{res}  fwd {row['fwd_ms']:>9.2f} ms  "
                 f"fwd+bwd {row['fwdbwd_ms']:>9.2f} ms  peak {row['peak_mb']} MB",
                 flush=True,
             )
+        cases += rows
     by = {(c["n"], c["res"], c["backend"]): c for c in cases}
     speedup = None
-    if (5000, 128, "torch") in by:
+    if (5000, 128, "torch") in by and (5000, 128, "cpu") in by:
         speedup = round(by[(5000, 128, "torch")]["fwdbwd_ms"] / by[(5000, 128, "cpu")]["fwdbwd_ms"], 1)
         print(f"speedup at 5000/128 (torch / cpu, fwd+bwd): {speedup}x")
+    fastest = {}
+    for n, res in CASES:
+        times = {
+            x: next(c["fwdbwd_ms"] for c in r["cases"] if (c["n"], c["res"]) == (n, res))
+            for x, r in layers.items()
+            if r is not None
+        }
+        if times:
+            fastest[f"{n}/{res}"] = min(times, key=times.get)
+    print(f"fastest threading layer (fwd+bwd): {fastest}; the library uses {library}")
     result = {
         "cases": cases,
         "speedup_5000_128": speedup,
-        "threads": numba.get_num_threads(),
-        "torch_threads": torch.get_num_threads(),
+        "layers": layers,
+        "library_layer": library,
+        "fastest_layer_fwdbwd": fastest,
+        "threads": numba.config.NUMBA_NUM_THREADS,
+        "torch_threads_reference": torch.get_num_threads(),
+        "torch_threads_cpu": "splatlab.threads.thread_counts(res * res)",
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],

@@ -88,17 +88,29 @@ class AnomalyConfig:
     stages: tuple[int, ...] | None = None
     shift: int = 1  # "cosine": a query feature may match a reference feature up to this many cells away
     blur_sigma: float = 4.0  # σ in pixels (at `size`) of the Gaussian blur of the map; 0 disables it
+    # σ in pixels (at `size`) of a Gaussian blur of both images before they are compared: sensor and
+    # render noise the splats do not have; 0 (SplatPose) compares the images as they are
+    presmooth: float = 0.0
     rgb_weight: float = 1.0  # weight of the RGB term in "splatpose"
     feature_weight: float = 1.0  # weight of the (summed) feature terms in "splatpose"
     ssim_window: int = 11  # side of the Gaussian SSIM window (σ = 1.5), for "ssim"
+    # Photometric alignment of the rendered reference to the query before the map (splatlab.appearance):
+    # "none", "gain" or "affine" per colour channel; applied by splatlab.detect, which has the render's alpha
+    appearance: str = "none"
 
     def __post_init__(self) -> None:
+        from splatlab.appearance import APPEARANCES
+
+        if self.appearance not in APPEARANCES:
+            raise ValueError(f"appearance must be one of {APPEARANCES}, got {self.appearance!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if int(self.size) < 16:
             raise ValueError(f"size must be >= 16 pixels, got {self.size}")
         if self.blur_sigma < 0:
             raise ValueError(f"blur_sigma must be >= 0, got {self.blur_sigma}")
+        if self.presmooth < 0:
+            raise ValueError(f"presmooth must be >= 0, got {self.presmooth}")
         if self.ssim_window < 3 or self.ssim_window % 2 == 0:
             raise ValueError(f"ssim_window must be odd and >= 3, got {self.ssim_window}")
         if self.shift < 0:
@@ -200,6 +212,13 @@ def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
     return x[:, 0]
 
 
+def _blur_images(images: Tensor, sigma: float) -> Tensor:
+    """:func:`gaussian_blur` of every channel of channels-last images. [B, H, W, C] -> [B, H, W, C]"""
+    B, H, W, C = images.shape
+    x = images.permute(0, 3, 1, 2).reshape(B * C, H, W)
+    return gaussian_blur(x, sigma).reshape(B, C, H, W).permute(0, 2, 3, 1)
+
+
 def ssim_map(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Local SSIM of two image batches (data range 1), averaged over channels, same size as the input.
 
@@ -285,6 +304,8 @@ def anomaly_terms(
     dev = q.device if device is None else torch.device(device)
     S = int(config.size)
     q, r = resize_images(q.to(dev), S).clamp(0, 1), resize_images(r.to(dev), S).clamp(0, 1)
+    if config.presmooth > 0:
+        q, r = (_blur_images(x, config.presmooth) for x in (q, r))
     terms: dict[str, Tensor] = {}
     if config.method in ("splatpose", "rgb"):
         terms["rgb"] = (((q - 0.5) / 0.5 - (r - 0.5) / 0.5) ** 2).sum(dim=-1)

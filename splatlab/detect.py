@@ -47,6 +47,7 @@ from splatlab.anomaly import (
     image_score,
     resize_map,
 )
+from splatlab.appearance import align_render
 from splatlab.query import prepare_query, query_padding
 
 log = logging.getLogger(__name__)
@@ -301,8 +302,12 @@ class Detection:
     retrieved: int | None = None
 
 
-def render_reference(model: DetectorModel, viewmat: Tensor) -> Tensor:
-    """The good object at ``viewmat``, with the pose config's background and eps2d. [4, 4] -> [H, W, 3]"""
+def render_reference(model: DetectorModel, viewmat: Tensor, query: Tensor | None = None) -> Tensor:
+    """The good object at ``viewmat``, with the pose config's background and eps2d. [4, 4] -> [H, W, 3]
+
+    With a ``query`` [H, W, 3], the render is photometrically aligned to it as ``model.anomaly.appearance``
+    says (:mod:`splatlab.appearance`).
+    """
     from splatlab.cameras import Cameras
     from splatlab.splats import render_splats
 
@@ -311,14 +316,18 @@ def render_reference(model: DetectorModel, viewmat: Tensor) -> Tensor:
     cam = Cameras(
         viewmat.to(dev, torch.float32)[None], cams.Ks[:1].to(dev, torch.float32), cams.width, cams.height
     )
+    background = torch.tensor(model.pose_config.background, device=dev)
     with torch.no_grad():
-        img, _, _ = render_splats(
+        img, alpha, _ = render_splats(
             model.splats,
             cam,
-            background=torch.tensor(model.pose_config.background, device=dev),
+            background=background,
             backend=model.pose_config.backend,
             eps2d=model.pose_config.eps2d,
         )
+        if query is not None and model.anomaly.appearance != "none":
+            target = query.to(dev, img.dtype)[None]
+            img = align_render(img, alpha, target, model.anomaly.appearance, background)
     return img[0].clamp(0, 1).cpu()
 
 
@@ -373,7 +382,7 @@ def detect(
         times["coarse"] = time.perf_counter() - t0
     if reference is None:
         t0 = time.perf_counter()
-        reference = render_reference(model, vm)
+        reference = render_reference(model, vm, q)
         times["render"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     amap = anomaly_map(q, reference, model.anomaly).cpu()

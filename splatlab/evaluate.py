@@ -39,6 +39,10 @@ class EvalConfig:
     # see splatlab.anomaly; "splatpose" is the paper's recipe.
     method: str = "cosine"
     compare_methods: tuple[str, ...] = ("splatpose",)  # also scored on the same poses and references
+    # Photometric alignment of the reference to the query before the map (splatlab.appearance) and the
+    # blur σ (px at 224²) of both images before it; chosen on the realistic look's development split
+    appearance: str = "affine"
+    presmooth: float = 2.2
     calibration: str = "pose"  # threshold from held-out views: "pose", "gt_pose" or "none"
     calib_every: int = 8  # calibrate on every n-th training view (8 = training's eval split)
     max_queries: int | None = None  # test images per class, spread over defect types; None = all
@@ -104,7 +108,7 @@ def evaluate_class(
         run_dir,
         mc.train,
         pose_config=pose_config(config.pose_preset or default_preset()),
-        anomaly=AnomalyConfig(method=config.method),
+        anomaly=AnomalyConfig(method=config.method, appearance=config.appearance, presmooth=config.presmooth),
         calibration_source=None if config.calibration == "none" else config.calibration,
     )
     t0 = time.perf_counter()

@@ -38,7 +38,6 @@ convergence are in :mod:`splatlab.pose_eval`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -49,11 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from splatlab.appearance import APPEARANCES, align_render
 from splatlab.cameras import se3_exp, se3_log
 from splatlab.losses import photometric_loss
 from splatlab.render import render
 from splatlab.retrieval import Retriever, check_query
 from splatlab.splats import activated, sh_degree_of
+from splatlab.threads import threads_for
 from splatlab.train import LOW_RES_EPS2D
 
 log = logging.getLogger(__name__)
@@ -102,13 +103,16 @@ class PoseConfig:
     early_stop_tol: float = 1e-3  # relative loss decrease that counts as an improvement
     record_every: int = 0  # keep a render every n steps of the full refinement (and the last); 0 = none
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # render background; MAD objects are on white
+    # Photometric alignment of each render to the query before the loss (splatlab.appearance): "none",
+    # "gain" or "affine" per colour channel, re-fitted at every step.
+    appearance: str = "none"
     # The renderer's 2D low-pass in px² at full size (scaled by scale² at reduced sizes): the splats' own, the
     # TrainConfig.eps2d they were trained with (DetectorModel.from_run sets it from the run folder).
     eps2d: float = 0.3
     backend: str = "auto"  # renderer: "auto" (gsplat on CUDA, Numba kernel on CPU), "cpu", "torch", "gsplat"
-    num_threads: int | None = (
-        None  # CPU threads (torch and Numba) while estimating, restored after; None = as set
-    )
+    # CPU threads (torch and Numba) while estimating, restored after; None = chosen by splatlab.threads
+    # from the image size
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ("features", "sift"):
@@ -127,6 +131,8 @@ class PoseConfig:
             raise ValueError("pyramid_scales and short_scale must be in (0, 1]")
         if sum(self.pyramid_steps) > self.steps or any(n < 0 for n in self.pyramid_steps):
             raise ValueError(f"pyramid_steps must be >= 0 and sum to at most steps={self.steps}")
+        if self.appearance not in APPEARANCES:
+            raise ValueError(f"appearance must be one of {APPEARANCES}, got {self.appearance!r}")
         if self.pivot not in ("camera", "object"):
             raise ValueError(f"pivot must be 'camera' or 'object', got {self.pivot!r}")
         if self.num_threads is not None and self.num_threads < 1:
@@ -317,31 +323,6 @@ class PoseResult:
 # ----------------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _threads(n: int | None):
-    """Run with ``n`` torch and Numba threads and restore the previous counts afterwards.
-
-    Small images (128²) gain little from threads, and on a shared, oversubscribed machine OpenMP's
-    barriers can make every step 10-50× slower; one thread per estimate is the robust choice there.
-    """
-    if n is None:
-        yield
-        return
-    import numba
-
-    from splatlab.render.cpu import choose_threading_layer
-
-    choose_threading_layer()  # numba.get_num_threads() would otherwise fix the slower OpenMP layer
-    old_torch, old_numba = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(n)
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_torch)
-        numba.set_num_threads(old_numba)
-
-
 def _prepared(splats, device) -> tuple[dict[str, Tensor], int]:
     p = {k: v.detach().to(device) for k, v in activated(splats).items()}
     p["quats"] = F.normalize(p["quats"], dim=-1)
@@ -379,7 +360,7 @@ def _optimise(
                     f"pose refinement diverged: the pose update became non-finite at step {step}", step
                 )
             vm = apply_delta(viewmats0, delta, *frame)
-            img, _, _ = render(
+            img, alpha, _ = render(
                 params["means"],
                 params["quats"],
                 params["scales"],
@@ -394,6 +375,8 @@ def _optimise(
                 backend=cfg.backend,
                 eps2d=cfg.eps2d * (w / width) ** 2,
             )
+            if cfg.appearance != "none":
+                img = align_render(img, alpha, target.expand_as(img), cfg.appearance, background)
             loss = torch.stack([photometric_loss(img[b], target, cfg.ssim_weight) for b in range(B)])
             if not bool(torch.isfinite(loss).all()):
                 raise PoseDivergedError(
@@ -470,7 +453,8 @@ def refine(
         config: Steps, learning rate, pyramid, early stop, recording.
         device: Where to run; None means the device of the splats.
     """
-    with _threads(config.num_threads):
+    pixels = query.shape[0] * query.shape[1] if getattr(query, "ndim", 0) >= 2 else 0
+    with threads_for(pixels, config.num_threads):
         return _refine(query, splats, viewmat0, K, config, device)
 
 
@@ -561,7 +545,7 @@ def estimate_pose(
         ValueError: The query is not RGB [H, W, 3] of the training views' size, or holds NaN.
         PoseDivergedError: The loss or pose became non-finite; the message names the step.
     """
-    with _threads(config.num_threads):
+    with threads_for(retriever.cameras.height * retriever.cameras.width, config.num_threads):
         return _estimate(query, splats, retriever, config, device, exclude)
 
 

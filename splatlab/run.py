@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CONFIG", "SPLATS", "calibration_path", "config_diff", "default_run_root", "ensure_trained",
+    "training_fingerprint",
     "find_class_dir", "load_checkpoint", "load_run", "prepare_run_dir", "read_config", "run_data",
     "run_eps2d", "save_checkpoint", "settings_key", "write_outputs",
 ]
@@ -167,7 +168,8 @@ def config_diff(saved: dict | Path, config: TrainConfig) -> list[str]:
     except (TypeError, ValueError) as exc:
         return [f"unreadable config ({exc})"]
     now = config.to_dict()
-    return sorted(k for k in now if k not in ("checkpoint_every", "log_every") and saved[k] != now[k])
+    same = ("checkpoint_every", "log_every", "torch_threads")  # how the run goes, not what it makes
+    return sorted(k for k in now if k not in same and saved[k] != now[k])
 
 
 def load_run(run_dir: str | os.PathLike, device=None) -> tuple[torch.nn.ParameterDict, TrainConfig, dict]:
@@ -265,6 +267,18 @@ def default_run_root() -> Path:
     return Path(splatlab.__file__).resolve().parents[1] / "runs"
 
 
+def training_fingerprint(class_dir: str | os.PathLike) -> str:
+    """SHA-256 of a class folder's training data: ``transforms.json`` and every file under ``train/``."""
+    class_dir = Path(class_dir)
+    digest = hashlib.sha256()
+    train = sorted(p for p in (class_dir / "train").rglob("*") if p.is_file())
+    for path in [class_dir / "transforms.json", *train]:
+        if path.is_file():
+            digest.update(str(path.relative_to(class_dir)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def ensure_trained(
     class_dir: str | os.PathLike, run_root: str | os.PathLike | None = None, preset: str | None = None,
     size: int | None = 128, *, device=None, progress: bool = True, **overrides: Any,
@@ -282,7 +296,8 @@ def ensure_trained(
         **overrides: ``TrainConfig`` fields to replace (they go into the run folder's name).
 
     Returns:
-        ``run_root / "{class}-{preset}-{size}px[-overrides]"``.
+        ``run_root / "{class}-{preset}-{size}px-{data}[-overrides]"``, ``data`` the first 8 hex digits of
+        :func:`training_fingerprint`.
     """
     from splatlab.data.mad import load_train
     from splatlab.train import train
@@ -295,7 +310,8 @@ def ensure_trained(
     tag = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
     root = Path(run_root) if run_root is not None else default_run_root()
     root.mkdir(parents=True, exist_ok=True)
-    run = root / f"{class_dir.name}-{config.name}-{size or 'full'}px{tag}"
+    data = training_fingerprint(class_dir)[:8]  # same class name, other views (another look): another run
+    run = root / f"{class_dir.name}-{config.name}-{size or 'full'}px-{data}{tag}"
     resume = True
     if (run / SPLATS).is_file():
         diff = config_diff(run / CONFIG, config)

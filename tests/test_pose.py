@@ -47,9 +47,9 @@ def _scene():
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One torch/Numba thread: tiny renders gain nothing from more, and a shared machine is oversubscribed."""
-    from splatlab.pose import _threads
+    from splatlab.threads import use_threads
 
-    with _threads(1):
+    with use_threads(1, 1):
         yield
 
 
@@ -266,3 +266,25 @@ def test_basin_and_presets(scene, monkeypatch):
     assert pose_config("full") == pose_config("fast")
     monkeypatch.delenv("SPLATLAB_FAST")
     assert pose_config("full", k=5).k == 5
+
+
+@pytest.mark.parametrize("num_threads", [None, 2])
+def test_refine_threads_are_the_librarys_unless_given(scene, monkeypatch, num_threads):
+    import numba
+
+    import splatlab.pose as pose_mod
+    from splatlab.threads import thread_counts, use_threads
+
+    splats, cams, images = scene
+    seen, original = [], pose_mod.photometric_loss
+
+    def loss(*args, **kwargs):
+        seen.append((torch.get_num_threads(), numba.get_num_threads()))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pose_mod, "photometric_loss", loss)
+    cfg = dataclasses.replace(CFG, steps=2, num_threads=num_threads)
+    with use_threads(3, 1):  # counts the library would not choose here, restored afterwards
+        refine(images[0], splats, cams.viewmats[0], cams.Ks[0], cfg)
+        assert (torch.get_num_threads(), numba.get_num_threads()) == (3, 1)
+    assert seen and set(seen) == {thread_counts(SIZE * SIZE, num_threads)}

@@ -12,9 +12,9 @@ from splatlab.splats import random_splats, render_splats
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One torch/Numba thread: tiny renders gain nothing from more, and a shared machine is oversubscribed."""
-    from splatlab.pose import _threads
+    from splatlab.threads import use_threads
 
-    with _threads(1):
+    with use_threads(1, 1):
         yield
 
 

@@ -169,7 +169,7 @@ def _apply_stain(defect: Defect, out: Hits) -> None:
     out.changed[inside] = True
 
 
-def _burr_mesh(defect: Defect) -> ColoredMesh:
+def burr_mesh(defect: Defect) -> ColoredMesh:
     import trimesh
 
     parts = []
@@ -192,7 +192,7 @@ def _burr_mesh(defect: Defect) -> ColoredMesh:
 
 
 def _apply_burr(defect: Defect, origins: np.ndarray, dirs: np.ndarray, out: Hits) -> None:
-    burr = _burr_mesh(defect)
+    burr = burr_mesh(defect)
     reach = np.linalg.norm(burr.vertices - defect.center, axis=1).max()
     # Only rays that pass near the burr can hit it.
     oc = defect.center - origins

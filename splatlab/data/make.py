@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,7 +28,9 @@ import numpy as np
 import torch
 
 from splatlab.cameras import Cameras, intrinsics, look_at, ring_rig, spherical_eye, viewmat_to_opengl_c2w
+from splatlab.data.defect_geometry import defective_mesh, geometry_mask
 from splatlab.data.defects import DEFECT_TYPES, DefectConfig, apply_defect, sample_defect
+from splatlab.data.pbr import PBRScene, RealismConfig, develop
 from splatlab.data.raycast import (
     ColoredMesh,
     ShadingConfig,
@@ -38,6 +41,7 @@ from splatlab.data.raycast import (
     resolve,
     shade,
     sphere_window,
+    srgb_to_linear,
     to_uint8,
 )
 
@@ -68,10 +72,46 @@ class MakeConfig:
     min_rig_angle_deg: float = 2.0  # test viewing directions stay at least this far from every rig camera
     shading: ShadingConfig = field(default_factory=ShadingConfig)  # light and background
     defects: DefectConfig = field(default_factory=DefectConfig)  # defect sizes and acceptance
+    # "raycast": the fast, clean control (Lambert + ambient); "mitsuba": the physically based look
+    renderer: Literal["raycast", "mitsuba"] = "raycast"
+    realism: RealismConfig = field(default_factory=RealismConfig)  # material, lights, camera of "mitsuba"
+
+    def __post_init__(self) -> None:
+        if self.size < 16:
+            raise ValueError(f"size: {self.size} px is too small; LEGO-MAD needs at least 16 px")
+        if self.renderer not in ("raycast", "mitsuba"):
+            raise ValueError(f"renderer: must be 'raycast' or 'mitsuba', got {self.renderer!r}")
+        if self.realism.spp < 1:
+            raise ValueError(f"realism.spp: must be at least 1, got {self.realism.spp}")
 
     @property
     def focal(self) -> float:
         return self.focal_per_width * self.size
+
+
+# The named looks of ``splatlab data make --look``: each sets the renderer and its realism fields together.
+# "real" adds what the clean world lacks: glossy plastic, soft shadows, sensor noise, and exposure and white
+# balance jitter per image, under one light for training and test views (as MAD's renders and photos).
+# "real-relit" also turns, dims and warms the test views' key light: the lighting change studied in
+# notebook 08.
+_REAL = RealismConfig(noise=0.012, exposure_jitter=0.06, white_balance_jitter=0.025)
+LOOKS: dict[str, dict] = {
+    "clean": {"renderer": "raycast"},
+    "real": {"renderer": "mitsuba", "realism": _REAL},
+    "real-relit": {
+        "renderer": "mitsuba",
+        "realism": replace(
+            _REAL, test_light_rotation_deg=40.0, test_light_strength=0.85, test_light_kelvin=5200.0
+        ),
+    },
+}
+
+
+def look_config(look: str, **fields) -> MakeConfig:
+    """The ``MakeConfig`` of a named look (see :data:`LOOKS`), with other fields set by keyword."""
+    if look not in LOOKS:
+        raise ValueError(f"--look: unknown look {look!r}; choose one of {', '.join(LOOKS)}")
+    return MakeConfig(**{**LOOKS[look], **fields})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -99,18 +139,29 @@ def shipped_classes() -> list[dict]:
     return json.loads(manifest.read_text())
 
 
-def default_dataset(size: int = 128, seed: int = 0) -> Path:
-    """The default LEGO-MAD dataset (all shipped classes), generated on first use; returns its root.
+def default_dataset(size: int = 128, seed: int = 0, look: str = "clean") -> Path:
+    """The default LEGO-MAD dataset (all shipped classes) of a look, generated on first use; returns its root.
 
-    The default (128 px, seed 0) lives in ``data/lego-mad/``; other settings in
-    ``data/cache/lego-mad-{size}px-seed{seed}/``. Generation writes a temporary folder and renames it, so a
-    present folder is always complete.
+    The default (clean look, 128 px, seed 0) lives in ``data/lego-mad/``; other settings in
+    ``data/cache/lego-mad-{size}px-seed{seed}/``, other looks in ``data/cache/lego-mad-{look}-...``.
+    Generation writes a temporary folder and renames it, so a present folder is always complete.
     """
+    cfg = look_config(look, size=size, seed=seed)  # validates the look first
     root = data_dir()
-    out = root / "lego-mad" if (size, seed) == (128, 0) else root / "cache" / f"lego-mad-{size}px-seed{seed}"
+    if (size, seed, look) == (128, 0, "clean"):
+        out = root / "lego-mad"
+    else:
+        tag = "" if look == "clean" else f"{look}-"
+        out = root / "cache" / f"lego-mad-{tag}{size}px-seed{seed}"
     if out.is_dir():
-        return out
-    make_dataset(out, MakeConfig(size=size, seed=seed))
+        made = out / "make_config.json"
+        wanted = json.loads(json.dumps(asdict(cfg)))
+        if made.is_file() and json.loads(made.read_text()).get("config") == wanted:
+            return out
+        stale = out.with_name(f"{out.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        log.warning("%s was made with other settings; moving it to %s and making it again", out, stale)
+        os.rename(out, stale)
+    make_dataset(out, cfg)
     return out
 
 
@@ -175,6 +226,61 @@ def render_defective(
         return None
     bg = cfg.shading.background
     return paste(image, win, H, W, bg), paste(mask, win, H, W, False), paste(alpha, win, H, W, 0.0)
+
+
+def _develop(scene: PBRScene, cameras: Cameras, index: int, cfg: MakeConfig, image_rng: np.random.Generator):
+    """Path-trace one view and develop it: ``(image [H, W, 3] sRGB, alpha [H, W])``."""
+    radiance, alpha = scene.render(cameras, index, seed=int(image_rng.integers(2**31)))
+    bg = float(srgb_to_linear(np.array(cfg.shading.background)))
+    return develop(radiance, alpha, cfg.realism, image_rng, background=bg), alpha
+
+
+def render_defective_pbr(
+    mesh: ColoredMesh,
+    cameras: Cameras,
+    index: int,
+    kind: str,
+    rng: np.random.Generator,
+    cfg: MakeConfig,
+    image_rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`render_defective` for the Mitsuba look: the defect is drawn the same way (same ``rng`` draws),
+    built into the mesh, its mask ray-cast from the normal and the defective geometry, then path-traced under
+    the test lighting. ``image_rng`` draws the render's seed and the camera effects."""
+    o, d, _ = _window_rays(mesh, cameras, index, cfg)
+    hits, _ = first_hits(mesh, o, d)
+    defect = sample_defect(kind, hits, d, rng, cfg.defects)
+    if defect is None:
+        return None
+    bad = defective_mesh(defect, mesh)
+    mask, alpha_good = geometry_mask(mesh, bad, cameras, index, cfg.supersample, cfg.defects.mask_coverage)
+    silhouette = max(float((alpha_good > 0.5).sum()), 1.0)
+    if mask.sum() < max(cfg.defects.min_mask_pixels, cfg.defects.min_mask_fraction * silhouette):
+        return None
+    scene = PBRScene(bad, cfg.realism, cfg.realism.test_lighting(), f"{kind} defect")
+    image, alpha = _develop(scene, cameras, index, cfg, image_rng)
+    return image, mask, alpha
+
+
+def render_look(
+    mesh: ColoredMesh, cameras: Cameras, index: int, cfg: MakeConfig, test: bool = False, seed: int = 0
+) -> np.ndarray:
+    """One defect-free view as ``cfg``'s renderer draws it, under the training (or test) light. [H, W, 3]"""
+    if cfg.renderer == "raycast":
+        return render_view(mesh, cameras, index, cfg)[0]
+    lighting = cfg.realism.test_lighting() if test else cfg.realism.light
+    scene = PBRScene(mesh, cfg.realism, lighting)
+    return _develop(scene, cameras, index, cfg, np.random.default_rng(seed))[0]
+
+
+def _image_rng(cfg: MakeConfig, name: str, number: int, train: bool) -> np.random.Generator:
+    """The stream of one image's render seed and camera effects, apart from the poses' and defects' stream.
+
+    Training views do not depend on the seed, like the rig: a new seed draws a new test set for the same
+    training capture, so a development split reuses the trained splats.
+    """
+    seed = [] if train else [int(cfg.seed)]
+    return np.random.default_rng(np.random.SeedSequence([*seed, zlib.crc32(name.encode()), 1, number]))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -242,9 +348,14 @@ def make_class(mesh: ColoredMesh, name: str, out_dir: Path, cfg: MakeConfig, sou
     cdir = out_dir / name
     rng = np.random.default_rng(class_seed(cfg.seed, name))
     rig = train_cameras(cfg)
+    pbr = cfg.renderer == "mitsuba"
+    train_scene = PBRScene(mesh, cfg.realism, cfg.realism.light, source or name) if pbr else None
     frames = []
     for i in tqdm(range(len(rig)), desc=f"{name} train", leave=False):
-        image, _ = render_view(mesh, rig, i, cfg)
+        if pbr:
+            image, _ = _develop(train_scene, rig, i, cfg, _image_rng(cfg, name, i, train=True))
+        else:
+            image, _ = render_view(mesh, rig, i, cfg)
         _save_png(cdir / "train" / "good" / f"{i}.png", to_uint8(image))
         frames.append(
             {
@@ -258,14 +369,22 @@ def make_class(mesh: ColoredMesh, name: str, out_dir: Path, cfg: MakeConfig, sou
     poses, tries = [], {}
     jobs = [("good", k) for k in range(cfg.test_good)]
     jobs += [(kind, k) for kind in DEFECT_TYPES for k in range(cfg.test_per_defect)]
-    for kind, k in tqdm(jobs, desc=f"{name} test", leave=False):
+    test_scene = PBRScene(mesh, cfg.realism, cfg.realism.test_lighting(), source or name) if pbr else None
+    for number, (kind, k) in enumerate(tqdm(jobs, desc=f"{name} test", leave=False)):
+        image_rng = _image_rng(cfg, name, number, train=False)
         for attempt in range(1, cfg.defects.max_tries + 1):
             n_tries = attempt
             cam = random_test_camera(rng, cfg, rig)
             if kind == "good":
-                image, _ = render_view(mesh, cam, 0, cfg)
+                if pbr:
+                    image, _ = _develop(test_scene, cam, 0, cfg, image_rng)
+                else:
+                    image, _ = render_view(mesh, cam, 0, cfg)
                 break
-            result = render_defective(mesh, cam, 0, kind, rng, cfg)
+            if pbr:
+                result = render_defective_pbr(mesh, cam, 0, kind, rng, cfg, image_rng)
+            else:
+                result = render_defective(mesh, cam, 0, kind, rng, cfg)
             if result is not None:
                 image, mask, _ = result
                 _save_png(cdir / "ground_truth" / kind / f"{k}_mask.png", mask.astype(np.uint8) * 255)
@@ -388,6 +507,8 @@ def make_cli(
     test_good: int = 10,
     test_per_defect: int = 10,
     up: Literal["auto", "y", "z"] = "auto",
+    look: str = "clean",
+    spp: int | None = None,
 ) -> int:
     """Generate a MAD-style dataset from the shipped LEGO parts or any mesh.
 
@@ -402,16 +523,22 @@ def make_cli(
         test_good: Defect-free test images per class.
         test_per_defect: Test images per defect type.
         up: Up axis of --mesh: auto (y for glTF, else z), y or z.
+        look: "clean" (the fast ray caster: Lambert + ambient), "real" (Mitsuba 3 path tracing: glossy
+            plastic, soft shadows, sensor noise, exposure jitter) or "real-relit" ("real" with another
+            light for the test views).
+        spp: Path-traced samples per pixel of the "real" look (default 64).
     """
-    cfg = replace(
-        MakeConfig(),
-        size=size,
-        seed=seed,
-        supersample=supersample,
-        test_good=test_good,
-        test_per_defect=test_per_defect,
-    )
     try:
+        cfg = look_config(
+            look,
+            size=size,
+            seed=seed,
+            supersample=supersample,
+            test_good=test_good,
+            test_per_defect=test_per_defect,
+        )
+        if spp is not None:
+            cfg = replace(cfg, realism=replace(cfg.realism, spp=spp))
         root = make_dataset(out, cfg, list(classes) or None, {name: mesh} if mesh else None, up)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"splatlab data make: {exc}")
@@ -421,7 +548,11 @@ def make_cli(
 
 
 __all__ = [
+    "LOOKS",
     "MakeConfig",
+    "look_config",
+    "render_defective_pbr",
+    "render_look",
     "data_dir",
     "default_dataset",
     "make_class",

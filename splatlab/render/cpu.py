@@ -31,13 +31,13 @@ How the kernel is organised (and why it is fast on a laptop CPU):
   forward saves the tile bins, per-pixel final transmittance and last contributing index for the backward.
 
 The kernels live in :mod:`.cpu_project` (projection) and :mod:`.cpu_raster` (binning, compositing); this
-module holds the torch glue. Numba uses its default number of threads (``numba.get_num_threads()``). The
-first call compiles the kernels (``cache=True``, so later processes load them from Numba's cache).
+module holds the torch glue. Numba's threading layer and the thread counts are chosen in
+:mod:`splatlab.threads`. The first call compiles the kernels (``cache=True``, so later processes load
+them from Numba's cache).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numba
@@ -54,8 +54,9 @@ from splatlab.render.cpu_raster import (
     _raster_bwd,
     _raster_fwd,
 )
+from splatlab.threads import choose_threading_layer
 
-__all__ = ["choose_threading_layer", "project_cpu", "rasterize_cpu"]
+__all__ = ["project_cpu", "rasterize_cpu"]
 
 # Below this many Gaussian-camera pairs the projection (and below 4x as many tile entries, the binning) runs
 # on one thread: waking a second thread costs ~0.05 ms on an idle machine but up to a scheduler time slice on
@@ -70,29 +71,6 @@ _SERIAL_BELOW = 8192
 # Numba's workqueue layer aborts the process if two Python threads launch parallel kernels at once (e.g. a
 # viser callback rendering while a training loop runs); kernel launches are serialised by this lock.
 _KERNEL_LOCK = threading.RLock()
-
-
-def choose_threading_layer() -> None:
-    """Prefer Numba's ``tbb`` threading layer, then ``workqueue``; never OpenMP unless the user chose it.
-
-    Measured here (2 cores, a 5000-Gaussian 128² render, forward + backward, median): ``tbb`` 7.4 ms,
-    ``workqueue`` 11.5 ms (its caller thread sleeps while two workers run, and hand-offs are slow), and
-    ``omp`` 7.6 ms but it made torch's own single-threaded ops 2x slower for the rest of the process (two
-    OpenMP runtimes), so training was slowest with it. ``tbb`` comes from the PyPI package of that name (a
-    dependency on x86-64 Linux and Windows); without it Numba falls back to ``workqueue``.
-
-    The layer is fixed by Numba's first parallel launch, and ``numba.get_num_threads()`` and
-    ``set_num_threads()`` launch it too: code that calls those before the first render should call this
-    function first. Set ``NUMBA_THREADING_LAYER`` to override. Called by :func:`project_cpu` and
-    :func:`rasterize_cpu`.
-    """
-    if "NUMBA_THREADING_LAYER" in os.environ:
-        return
-    try:
-        numba.threading_layer()  # raises ValueError until the first parallel launch
-    except ValueError:
-        numba.config.THREADING_LAYER = "default"
-        numba.config.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]
 
 
 def _np32(t: torch.Tensor, name: str) -> np.ndarray:
