@@ -14,6 +14,7 @@ from skimage.draw import polygon
 from skimage.morphology import convex_hull_image
 from test_data_mad import tree_hash
 
+from splatlab.atomic import dir_mode
 from splatlab.data import data_dir, default_dataset, load_mad_class, load_test_poses
 from splatlab.data.check import check_dataset
 from splatlab.data.make import MakeConfig, make_cli, make_dataset, render_view
@@ -42,6 +43,7 @@ def test_layout_sizes_and_check(dataset):
     assert [s.defect for s in c.test] == ["good", "Burrs", "Burrs", "Missing", "Missing", "Stains", "Stains"]
     assert all(s.image.shape == (48, 48, 3) for s in c.test)
     assert not list(dataset.parent.glob(".ds.tmp-*"))  # the temporary folder is gone
+    assert dataset.stat().st_mode & 0o777 == dir_mode()  # an ordinary folder, not mkdtemp's 0700
     torch.testing.assert_close(c.train.images[:, 0, 0], torch.ones(8, 3))  # white background corner
 
 

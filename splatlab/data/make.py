@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from splatlab.atomic import dir_mode
 from splatlab.cameras import Cameras, intrinsics, look_at, ring_rig, spherical_eye, viewmat_to_opengl_c2w
 from splatlab.data.defect_geometry import defective_mesh, geometry_mask
 from splatlab.data.defects import DEFECT_TYPES, DefectConfig, apply_defect, sample_defect
@@ -481,6 +482,7 @@ def make_dataset(
         (tmp / "make_config.json").write_text(
             json.dumps({"config": asdict(cfg), "classes": summaries}, indent=1)
         )
+        os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700; a dataset is an ordinary folder
         try:
             if out.is_dir():
                 out.rmdir()  # empty, checked above
