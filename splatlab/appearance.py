@@ -12,6 +12,10 @@ query with almost no object pixels is left as it is. The fit is differentiable, 
 descend on the aligned loss (the fit is re-solved at every step). Three parameters per channel cannot
 imitate a defect's local change, so defects stay visible in the map; a lighting change that only moves
 highlights or shadows is not something a global fit can undo.
+
+For study (notebook 08, ``docs/realism.md``): :func:`local_align` fits the gain and offset per window (a
+guided filter), and :func:`suppress_highlights` removes the achromatic excess a highlight adds; neither
+helped on the realistic look's development split, so the pipeline uses the global fit.
 """
 
 from __future__ import annotations
