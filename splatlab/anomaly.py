@@ -89,14 +89,16 @@ class AnomalyConfig:
     shift: int = 1  # "cosine": a query feature may match a reference feature up to this many cells away
     blur_sigma: float = 4.0  # σ in pixels (at `size`) of the Gaussian blur of the map; 0 disables it
     # σ in pixels (at `size`) of a Gaussian blur of both images before they are compared: sensor and
-    # render noise the splats do not have; 0 (SplatPose) compares the images as they are
-    presmooth: float = 0.0
+    # render noise the splats do not have (2.2: chosen on the realistic look's development split, see
+    # docs/realism.md); 0 (SplatPose) compares the images as they are
+    presmooth: float = 2.2
     rgb_weight: float = 1.0  # weight of the RGB term in "splatpose"
     feature_weight: float = 1.0  # weight of the (summed) feature terms in "splatpose"
     ssim_window: int = 11  # side of the Gaussian SSIM window (σ = 1.5), for "ssim"
     # Photometric alignment of the rendered reference to the query before the map (splatlab.appearance):
-    # "none", "gain" or "affine" per colour channel; applied by splatlab.detect, which has the render's alpha
-    appearance: str = "none"
+    # "none" (SplatPose), "gain" or "affine" per colour channel; applied by splatlab.detect, which has the
+    # render's alpha
+    appearance: str = "affine"
 
     def __post_init__(self) -> None:
         from splatlab.appearance import APPEARANCES
@@ -121,8 +123,9 @@ class AnomalyConfig:
 
     @classmethod
     def paper(cls, **overrides) -> AnomalyConfig:
-        """SplatPose's recipe as the paper gives it: RGB + EfficientNet stages 1-4, blurred, σ = 4."""
-        return cls(method="splatpose", **overrides)
+        """SplatPose's recipe as the paper gives it: RGB + EfficientNet stages 1-4, blurred, σ = 4, with the
+        images compared as they are (no alignment, no blur before)."""
+        return cls(**{"method": "splatpose", "appearance": "none", "presmooth": 0.0, **overrides})
 
     @property
     def uses_features(self) -> bool:

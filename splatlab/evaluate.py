@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splatlab.anomaly import AnomalyConfig
+
 log = logging.getLogger(__name__)
 
 # method key in the summary -> detect() mode
@@ -41,8 +43,8 @@ class EvalConfig:
     compare_methods: tuple[str, ...] = ("splatpose",)  # also scored on the same poses and references
     # Photometric alignment of the reference to the query before the map (splatlab.appearance) and the
     # blur σ (px at 224²) of both images before it; chosen on the realistic look's development split
-    appearance: str = "affine"
-    presmooth: float = 2.2
+    appearance: str = AnomalyConfig.appearance
+    presmooth: float = AnomalyConfig.presmooth
     calibration: str = "pose"  # threshold from held-out views: "pose", "gt_pose" or "none"
     calib_every: int = 8  # calibrate on every n-th training view (8 = training's eval split)
     max_queries: int | None = None  # test images per class, spread over defect types; None = all

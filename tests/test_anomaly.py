@@ -26,7 +26,7 @@ from splatlab.anomaly import (
     ssim_map,
 )
 
-SMALL = dict(size=64, blur_sigma=2.0)  # tiny but the same recipe
+SMALL = dict(size=64, blur_sigma=2.0, presmooth=0.6)  # tiny but the same recipe (blurs scaled to 64 px)
 
 
 def _scene(seed: int = 0, n: int = 2, hw: int = 48) -> torch.Tensor:
