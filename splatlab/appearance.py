@@ -12,10 +12,6 @@ query with almost no object pixels is left as it is. The fit is differentiable, 
 descend on the aligned loss (the fit is re-solved at every step). Three parameters per channel cannot
 imitate a defect's local change, so defects stay visible in the map; a lighting change that only moves
 highlights or shadows is not something a global fit can undo.
-
-For study (notebook 08, ``docs/realism.md``): :func:`local_align` fits the gain and offset per window (a
-guided filter), and :func:`suppress_highlights` removes the achromatic excess a highlight adds; neither
-helped on the realistic look's development split, so the pipeline uses the global fit.
 """
 
 from __future__ import annotations
@@ -97,72 +93,3 @@ def align_render(
     bg = torch.as_tensor(background, dtype=render.dtype, device=render.device)
     color = render - (1.0 - alpha) * bg
     return gain[:, None, None] * color + offset[:, None, None] * alpha + (1.0 - alpha) * bg
-
-
-def _box(x: Tensor, radius: int) -> Tensor:
-    """Mean over (2r+1)² windows, edges replicated. [B, H, W, C] -> [B, H, W, C]"""
-    k = 2 * radius + 1
-    y = torch.nn.functional.pad(x.permute(0, 3, 1, 2), (radius,) * 4, mode="replicate")
-    return torch.nn.functional.avg_pool2d(y, k, stride=1).permute(0, 2, 3, 1)
-
-
-def local_align(reference: Tensor, query: Tensor, radius: int, eps: float = 1e-3) -> Tensor:
-    """The reference mapped onto the query by a gain and offset per window and channel (a guided filter).
-
-    In every (2r+1)² window, ``query ≈ a · reference + b`` by least squares with ridge ``eps`` on ``a``; each
-    pixel averages the fits of the windows that hold it (He et al., guided image filtering, 2013). Shading
-    that varies smoothly over the surface (another light direction, exposure, colour temperature) is
-    absorbed; a defect smaller than the window is not: the reference has no structure to explain it, and
-    the window's offset takes only its share of the window's area.
-
-    Args:
-        reference: The render at the query's pose. [B, H, W, 3]
-        query: The images to match. [B, H, W, 3]
-        radius: Window radius in pixels.
-        eps: Ridge on the gain: larger keeps less of the reference's local structure.
-
-    Returns:
-        The aligned reference. [B, H, W, 3]
-    """
-    assert reference.shape == query.shape and reference.ndim == 4, (reference.shape, query.shape)
-    if radius < 1:
-        raise ValueError(f"radius must be >= 1 pixel, got {radius}")
-    mr, mq = _box(reference, radius), _box(query, radius)
-    var = _box(reference * reference, radius) - mr * mr
-    cov = _box(reference * query, radius) - mr * mq
-    a = cov / (var + eps)
-    b = mq - a * mr
-    return _box(a, radius) * reference + _box(b, radius)
-
-
-def _to_linear(x: Tensor) -> Tensor:
-    x = x.clamp(0, 1)
-    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def _to_srgb(x: Tensor) -> Tensor:
-    x = x.clamp(0, 1)
-    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
-
-
-def suppress_highlights(query: Tensor, reference: Tensor) -> Tensor:
-    """The query without the light it reflects beyond the reference in all three channels alike.
-
-    By the dichromatic reflection model (Shafer 1985), a dielectric's specular highlight adds the light's
-    own colour (near white) to the body colour, in linear light. Where the query is brighter than the
-    reference in every channel, the shared part of the excess ``e = min_c(q_c − r_c)`` is such a highlight
-    (one the splats, fitted under another light or from other views, do not reproduce) and is removed. A
-    coloured change (a stain), a darker one (a crater, a shadow) or a brighter one in the surface's own colour
-    (a burr's lit face) keeps most or all of its difference: only the part common to the three channels goes.
-
-    Args:
-        query: Query images, sRGB in [0, 1]. [B, H, W, 3]
-        reference: The render at the query's pose, sRGB in [0, 1]. [B, H, W, 3]
-
-    Returns:
-        The query with the achromatic excess removed, sRGB. [B, H, W, 3]
-    """
-    assert query.shape == reference.shape and query.shape[-1] == 3, (query.shape, reference.shape)
-    q, r = _to_linear(query), _to_linear(reference)
-    excess = (q - r).min(dim=-1, keepdim=True).values.clamp_min(0.0)
-    return _to_srgb(q - excess)

@@ -194,6 +194,12 @@ def render_view(
     return paste(image, win, H, W, cfg.shading.background), paste(alpha, win, H, W, 0.0)
 
 
+def _visible_enough(mask: np.ndarray, coverage: np.ndarray, cfg: MakeConfig) -> bool:
+    """Whether a defect's mask is large enough against the normal object's silhouette to keep the view."""
+    silhouette = max(float((coverage > 0.5).sum()), 1.0)
+    return mask.sum() >= max(cfg.defects.min_mask_pixels, cfg.defects.min_mask_fraction * silhouette)
+
+
 def render_defective(
     mesh: ColoredMesh, cameras: Cameras, index: int, kind: str, rng: np.random.Generator, cfg: MakeConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -222,8 +228,7 @@ def render_defective(
     changed = (np.abs(rgb_bad - rgb_good).max(axis=1) > 1e-4) | (bad.hit != hits.hit)
     mask = changed.reshape(h, s, w, s).mean(axis=(1, 3)) >= cfg.defects.mask_coverage
     image, alpha = resolve(rgb_bad, bad.hit, h, w, s)
-    silhouette = max(float((hits.hit.reshape(h, s, w, s).mean(axis=(1, 3)) > 0.5).sum()), 1.0)
-    if mask.sum() < max(cfg.defects.min_mask_pixels, cfg.defects.min_mask_fraction * silhouette):
+    if not _visible_enough(mask, hits.hit.reshape(h, s, w, s).mean(axis=(1, 3)), cfg):
         return None
     bg = cfg.shading.background
     return paste(image, win, H, W, bg), paste(mask, win, H, W, False), paste(alpha, win, H, W, 0.0)
@@ -255,8 +260,7 @@ def render_defective_pbr(
         return None
     bad = defective_mesh(defect, mesh)
     mask, alpha_good = geometry_mask(mesh, bad, cameras, index, cfg.supersample, cfg.defects.mask_coverage)
-    silhouette = max(float((alpha_good > 0.5).sum()), 1.0)
-    if mask.sum() < max(cfg.defects.min_mask_pixels, cfg.defects.min_mask_fraction * silhouette):
+    if not _visible_enough(mask, alpha_good, cfg):
         return None
     scene = PBRScene(bad, cfg.realism, cfg.realism.test_lighting(), f"{kind} defect")
     image, alpha = _develop(scene, cameras, index, cfg, image_rng)

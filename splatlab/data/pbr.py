@@ -16,7 +16,6 @@ background stays white as in MAD; exposure, white balance and noise apply to the
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field, replace
 
@@ -24,8 +23,6 @@ import numpy as np
 
 from splatlab.cameras import Cameras
 from splatlab.data.raycast import ColoredMesh, linear_to_srgb
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
