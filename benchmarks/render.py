@@ -25,6 +25,12 @@ threads, since a second OpenMP runtime (Numba's ``omp``) can slow torch's, and 1
 of the layer the library picks (``library_layer``: the first of :data:`splatlab.threads.LAYER_ORDER` that
 loads) beside the torch reference, which runs in the parent with torch's default thread count.
 
+How cost grows (``growth``, skipped with ``--no-growth``): fwd+bwd time and extra memory of the cpu backend
+for 5k to 200k Gaussians at 256², and for 128² to 800² at 20k Gaussians (the object covering the same share
+of every image, so each Gaussian covers more pixels in a bigger one), with the library's threading layer and
+threads. ``exponents`` are least-squares slopes of log(cost) against log(N) and log(pixels): cost ∝ N^a and
+∝ pixels^b. ``--plot`` writes the log-log figure (PNG) the README shows.
+
 Memory (``peak_mb``): for each case a fresh subprocess warms up on a small scene, notes its resident set
 size (VmRSS), resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs one forward+backward at
 the case size and reports peak minus start (VmHWM - VmRSS). Resident memory counts torch's and Numba's
@@ -54,6 +60,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 CASES = [(5000, 128), (20000, 256), (50000, 400)]
 TORCH_MAX_N = 20000  # the reference skips the largest case (minutes per iteration)
+# How cost grows: Gaussian counts at a fixed image size, and image sizes at a fixed count (cpu backend).
+GROWTH_N, GROWTH_N_RES = (5000, 10000, 20000, 50000, 100000, 200000), 256
+GROWTH_RES, GROWTH_RES_N = (128, 256, 400, 800), 20000
 
 
 def make_scene(n: int, res: int, seed: int = 0):
@@ -315,6 +324,73 @@ def measure_peak(backend: str, n: int, res: int):
         return None
 
 
+def _slope(xs, ys) -> float | None:
+    """Least-squares slope of log(ys) against log(xs) (points with a missing or zero y are left out)."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if y]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    return round(sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx, 2)
+
+
+def growth(reps: int, mem: bool) -> dict:
+    """fwd+bwd time and extra memory of the cpu backend against Gaussian count and image size."""
+    from splatlab.threads import threads_for
+
+    def point(n, res):
+        with threads_for(res * res):
+            timed = time_case("cpu", n, res, reps, 2)
+        row = {"n": n, "res": res, "fwdbwd_ms": timed["fwdbwd_ms"], "fwdbwd_min_ms": timed["fwdbwd_min_ms"]}
+        row["peak_mb"] = measure_peak("cpu", n, res) if mem else None
+        print(f"growth  N={n:>6}  {res}x{res}  fwd+bwd {row['fwdbwd_ms']:>9.2f} ms  peak {row['peak_mb']} MB")
+        return row
+
+    by_n = [point(n, GROWTH_N_RES) for n in GROWTH_N]
+    by_res = [point(GROWTH_RES_N, r) for r in GROWTH_RES]
+    pixels = [r["res"] ** 2 for r in by_res]
+    exponents = {
+        "time_vs_n": _slope(GROWTH_N, [r["fwdbwd_ms"] for r in by_n]),
+        "time_vs_pixels": _slope(pixels, [r["fwdbwd_ms"] for r in by_res]),
+        "memory_vs_n": _slope(GROWTH_N, [r["peak_mb"] for r in by_n]),
+        "memory_vs_pixels": _slope(pixels, [r["peak_mb"] for r in by_res]),
+    }
+    print(f"growth exponents (cost ∝ N^a, ∝ pixels^b): {exponents}")
+    return {"by_n": by_n, "by_res": by_res, "exponents": exponents}
+
+
+def plot_growth(g: dict, path: str) -> None:
+    """The log-log figure of :func:`growth`: time and memory against N (left) and image size (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from splatlab.atomic import open_atomic
+
+    e = g["exponents"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
+    panels = (
+        (axes[0], g["by_n"], "n", f"Gaussians (image {GROWTH_N_RES}²)", "n"),
+        (axes[1], g["by_res"], "res", f"image side, px ({GROWTH_RES_N // 1000}k Gaussians)", "pixels"),
+    )
+    for ax, rows, key, label, var in panels:
+        xs = [r[key] for r in rows]
+        ax.loglog(xs, [r["fwdbwd_ms"] for r in rows], "o-", label=f"fwd+bwd ms (∝ {var}^{e['time_vs_' + var]})")
+        mems = [(x, r["peak_mb"]) for x, r in zip(xs, rows) if r["peak_mb"]]
+        if mems:
+            ax.loglog(*zip(*mems), "s--", label=f"extra MB (∝ {var}^{e['memory_vs_' + var]})")
+        ax.set_xlabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_title("cost against Gaussian count", fontsize=10)
+    axes[1].set_title("cost against image size", fontsize=10)
+    with open_atomic(path, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -330,6 +406,9 @@ def main() -> None:
         help="Numba threading layers to measure, each in its own process",
     )
     ap.add_argument("--rounds", type=int, default=3, help="turns of every layer (medians over them)")
+    ap.add_argument("--no-growth", action="store_true", help="skip how cost grows with N and image size")
+    ap.add_argument("--growth-reps", type=int, default=5, help="timed repetitions per growth point")
+    ap.add_argument("--plot", default=None, help="write the growth figure here (PNG), e.g. docs/render_growth.png")
     ap.add_argument("--mem-child", nargs=3, metavar=("BACKEND", "N", "RES"), help=argparse.SUPPRESS)
     ap.add_argument("--layer-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -404,12 +483,16 @@ def main() -> None:
         if times:
             fastest[f"{n}/{res}"] = min(times, key=times.get)
     print(f"fastest threading layer (fwd+bwd): {fastest}; the library uses {library}")
+    grown = None if args.no_growth else growth(args.growth_reps, not args.no_mem)
+    if grown is not None and args.plot:
+        plot_growth(grown, args.plot)
     result = {
         "cases": cases,
         "speedup_5000_128": speedup,
         "layers": layers,
         "library_layer": library,
         "fastest_layer_fwdbwd": fastest,
+        "growth": grown,
         "threads": numba.config.NUMBA_NUM_THREADS,
         "torch_threads_reference": torch.get_num_threads(),
         "torch_threads_cpu": "splatlab.threads.thread_counts(res * res)",

@@ -84,6 +84,9 @@ class PoseConfig:
     # The best this many candidates after the brief refinement are refined fully, side by side (one batched
     # render per step), and the lowest final loss wins; 1 = SplatPose's single refinement.
     finalists: int = 1
+    # Full-size steps after which only the finalist with the lowest loss so far goes on (successive halving:
+    # the others stop rendering); 0 = every finalist runs all steps.
+    finalist_steps: int = 0
     short_scale: float = 0.5  # image-size factor of the brief refinement (smaller is faster)
     steps: int = 175  # steps of the full refinement of the winner, pyramid steps included (SplatPose: 175)
     lr: float = 0.01  # Adam learning rate on δ (SplatPose: 0.01)
@@ -119,6 +122,8 @@ class PoseConfig:
             raise ValueError(f"method must be 'features' or 'sift', got {self.method!r}")
         if self.finalists < 1:
             raise ValueError(f"finalists must be >= 1, got {self.finalists}")
+        if self.finalist_steps < 0:
+            raise ValueError(f"finalist_steps must be >= 0, got {self.finalist_steps}")
         if self.k < 1 or self.steps < 1 or self.short_steps < 0:
             raise ValueError(
                 f"need k >= 1, steps >= 1, short_steps >= 0; got {self.k}, {self.steps}, {self.short_steps}"
@@ -324,7 +329,11 @@ class PoseResult:
 
 
 def _prepared(splats, device) -> tuple[dict[str, Tensor], int]:
+    """Activated splats on ``device``, checked once here so that the refinement's renders need not be."""
     p = {k: v.detach().to(device) for k, v in activated(splats).items()}
+    for name, t in p.items():
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"splats: {name} contains NaN or Inf values")
     p["quats"] = F.normalize(p["quats"], dim=-1)
     return p, sh_degree_of(splats)
 
@@ -336,17 +345,33 @@ def _resize_query(query: Tensor, h: int, w: int) -> Tensor:
 
 
 def _optimise(
-    params, sh_degree, query, viewmats0, K, width, height, cfg: PoseConfig, schedule, frame, record_every=0
+    params,
+    sh_degree,
+    query,
+    viewmats0,
+    K,
+    width,
+    height,
+    cfg: PoseConfig,
+    schedule,
+    frame,
+    record_every=0,
+    keep_best_after=0,
 ):
-    """Adam on δ [B, 6] for every (scale, steps) of ``schedule``; returns the history as a dict."""
+    """Adam on δ [B, 6] for every (scale, steps) of ``schedule``; returns the history as a dict.
+
+    With ``keep_best_after`` > 0, after that many steps at the final scale only the row with the lowest loss
+    so far is rendered; the others keep their best pose and record NaN losses from then on.
+    """
     B, device = viewmats0.shape[0], viewmats0.device
     delta = torch.zeros(B, 6, device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay)
     background = torch.tensor(cfg.background, device=device)
     losses, vms, scales, renders = [], [], [], {}
     best = torch.full((B,), float("inf"))
     best_vm = viewmats0.detach().clone()
+    vm_all = viewmats0.detach().clone()
+    active = torch.arange(B)
     stall, step, stopped = 0, 0, False
     final_scale = schedule[-1][0]
     for scale, n in schedule:
@@ -354,12 +379,23 @@ def _optimise(
         Ks = (K * K.new_tensor([[w / width], [h / height], [1.0]])).expand(B, 3, 3)
         target = _resize_query(query, h, w)
         best.fill_(float("inf"))  # losses at different sizes do not compare: the last level decides
-        for _ in range(n):
+        last_img = torch.ones(B, h, w, 3)
+        for i in range(n):
+            if scale == final_scale and keep_best_after and i == keep_best_after and len(active) > 1:
+                active = active[torch.argmin(best[active])][None]
+            for g in opt.param_groups:  # StepLR's schedule: lr · decay^(step // every)
+                g["lr"] = cfg.lr * cfg.lr_decay ** (step // cfg.lr_decay_every)
             if not bool(torch.isfinite(delta).all()):
                 raise PoseDivergedError(
                     f"pose refinement diverged: the pose update became non-finite at step {step}", step
                 )
-            vm = apply_delta(viewmats0, delta, *frame)
+            rows = active.to(device)
+            whole = len(active) == B
+            vm = apply_delta(
+                viewmats0 if whole else viewmats0[rows],
+                delta if whole else delta[rows],
+                *(frame if whole else (f[rows] for f in frame)),
+            )
             img, alpha, _ = render(
                 params["means"],
                 params["quats"],
@@ -367,35 +403,39 @@ def _optimise(
                 params["opacities"],
                 params["colors"],
                 vm,
-                Ks,
+                Ks[: len(active)],
                 w,
                 h,
                 sh_degree=sh_degree,
                 background=background,
                 backend=cfg.backend,
                 eps2d=cfg.eps2d * (w / width) ** 2,
+                check=False,  # the splats were checked once (_prepared), the pose just above
             )
             if cfg.appearance != "none":
                 img = align_render(img, alpha, target.expand_as(img), cfg.appearance, background)
-            loss = torch.stack([photometric_loss(img[b], target, cfg.ssim_weight) for b in range(B)])
+            loss = torch.stack([photometric_loss(img[b], target, cfg.ssim_weight) for b in range(len(active))])
             if not bool(torch.isfinite(loss).all()):
                 raise PoseDivergedError(
                     f"pose refinement diverged: non-finite loss {loss.tolist()} at step {step}", step
                 )
-            cur = loss.detach().cpu()
+            cur = torch.full((B,), float("nan"))
+            cur[active] = loss.detach().cpu()
+            vm_all[rows] = vm.detach()
             losses.append(cur)
-            vms.append(vm.detach())
+            vms.append(vm_all.clone())
             scales.append(scale)
+            last_img[active] = img.detach().cpu()
             if record_every and (step % record_every == 0):
-                renders[step] = img.detach().cpu()  # every hypothesis [B, H, W, 3]
-            improved = cur < best * (1.0 - cfg.early_stop_tol)
-            better = cur < best
+                renders[step] = last_img.clone()  # every hypothesis [B, H, W, 3]
+            improved = cur[active] < best[active] * (1.0 - cfg.early_stop_tol)
+            better = torch.zeros(B, dtype=torch.bool)
+            better[active] = cur[active] < best[active]
             best = torch.where(better, cur, best)
-            best_vm[better.to(device)] = vm.detach()[better.to(device)]
+            best_vm[better.to(device)] = vm_all[better.to(device)]
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             opt.step()
-            sched.step()
             step += 1
             if scale == final_scale and cfg.early_stop_patience:
                 stall = 0 if bool(improved.any()) else stall + 1
@@ -403,7 +443,7 @@ def _optimise(
                     stopped = True
                     break
     if record_every and losses and (step - 1) not in renders:
-        renders[step - 1] = img.detach().cpu()
+        renders[step - 1] = last_img.clone()
     return {
         "losses": torch.stack(losses),
         "viewmats": torch.stack(vms),
@@ -594,6 +634,7 @@ def _estimate(query, splats, retriever, config, device, exclude) -> PoseResult:
         _schedule(config),
         tuple(f[finalists] for f in frame),
         config.record_every,
+        config.finalist_steps,
     )
     b = int(torch.argmin(hist["best"]))  # the lowest final loss wins
     chosen = int(finalists[b])

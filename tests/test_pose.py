@@ -190,6 +190,14 @@ def test_estimate_pose_multi_hypothesis_and_evaluation(scene):
     assert all(r.shape == (SIZE, SIZE, 3) for r in best3.renders.values())
     with pytest.raises(ValueError, match="finalists"):
         dataclasses.replace(cfg, finalists=0)
+    # successive halving: after finalist_steps only the best finalist renders on; batched rows are
+    # independent, so the survivor (here the same winner) follows the trajectory it had beside the others
+    halved = estimate_pose(query, splats, ret, dataclasses.replace(cfg, finalists=3, finalist_steps=4))
+    assert halved.chosen == best3.chosen and bool(torch.isfinite(halved.losses).all())
+    assert_close(halved.losses, best3.losses, rtol=1e-4, atol=1e-6)
+    assert_close(halved.viewmat, best3.viewmat, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="finalist_steps"):
+        dataclasses.replace(cfg, finalist_steps=-1)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -244,3 +244,15 @@ def test_sh_degree_zero_shortcut_matches_full_evaluation(two_cameras):
     a, _, _ = render(means, quats, scales, opac, coeffs, viewmats, Ks, W, H, sh_degree=0, backend="torch")
     b, _, _ = render(means, quats, scales, opac, per_camera, viewmats, Ks, W, H, backend="torch")
     assert_close(a, b)
+
+
+def test_unchecked_render_is_the_checked_one(two_cameras):
+    # check=False (inner loops whose inputs were checked once) skips validation, nothing else
+    viewmats, Ks, W, H = two_cameras
+    means, quats, scales, opac, _ = random_gaussians(200, seed=3)
+    coeffs = torch.randn(200, 9, 3, generator=torch.Generator().manual_seed(2))
+    kw = dict(sh_degree=2, background=torch.ones(3), backend="cpu")
+    a = render(means, quats, scales, opac, coeffs, viewmats, Ks, W, H, **kw)
+    b = render(means, quats, scales, opac, coeffs, viewmats, Ks, W, H, check=False, **kw)
+    assert_close(a[0], b[0])
+    assert_close(a[1], b[1])

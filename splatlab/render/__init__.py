@@ -69,6 +69,7 @@ def render(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     tile_size: int = 16,
+    check: bool = True,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Render 3D Gaussians into C cameras (activated parameters, as ``gsplat.rasterization`` takes).
 
@@ -90,24 +91,29 @@ def render(
         far_plane: Gaussians farther than this are culled.
         eps2d: Low-pass filter added to 2D covariances, in px².
         tile_size: Tile edge in pixels (16, as gsplat).
+        check: Validate every argument (shapes, finiteness, cameras); an inner loop whose inputs were
+            checked once (pose refinement) passes False to skip the per-call cost.
 
     Returns:
         ``colors`` [C, H, W, D'] (D' = D, D+1 for RGB+ED, 1 for ED), ``alphas`` [C, H, W, 1] and ``meta``.
     """
-    colors, background = _validate(
-        means,
-        quats,
-        scales,
-        opacities,
-        colors,
-        viewmats,
-        Ks,
-        width,
-        height,
-        sh_degree,
-        background,
-        render_mode,
-    )
+    if not check:
+        colors, background = _unchecked(colors, viewmats, background)
+    else:
+        colors, background = _validate(
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+            viewmats,
+            Ks,
+            width,
+            height,
+            sh_degree,
+            background,
+            render_mode,
+        )
     width, height = int(width), int(height)
     name = resolve_backend(backend, means.device)
     if name == "gsplat":
@@ -187,6 +193,15 @@ def render(
         "gaussian_ids": None,  # dense layout, as gsplat with packed=False
     }
     return out_colors, out_alphas, meta
+
+
+def _unchecked(colors, viewmats, background):
+    """What :func:`_validate` returns, without its checks: colours and a [C, D] background."""
+    if background is not None:
+        background = background.to(colors)
+        if background.ndim == 1:
+            background = background.expand(viewmats.shape[0], -1)
+    return colors, background
 
 
 def _render_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kw):
