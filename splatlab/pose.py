@@ -156,6 +156,9 @@ class PoseConfig:
 #: and skips SSIM's cost). The schedule was checked without any model error: a query rendered from the
 #: splats themselves, started 2° off, ends 0.04° off (mean, 01Cat; 40 steps with decay 0.7 ended 0.19° off).
 #: No early stop: a plateau rule stopped too soon here (01Cat AUC@5 89).
+#: "paper": the papers' 400² with splats of the ``paper`` training preset: the search of "cpu", then the full
+#: refinement mostly at 1/4 and 1/2 size (15 + 15 steps) before 20 steps at 400², the losing finalist
+#: dropped after 8 of them (a first setting: not chosen on a development split at 400²).
 #: "fast": a few steps, for tests and SPLATLAB_FAST=1. "cpu" and "fast" render with the 2D low-pass of the
 #: training presets of the same names (``LOW_RES_EPS2D``); "splatpose" and "full" with gsplat's 0.3.
 PRESETS: dict[str, PoseConfig] = {
@@ -168,6 +171,21 @@ PRESETS: dict[str, PoseConfig] = {
         short_steps=8,
         short_scale=0.25,
         steps=60,
+        lr=0.03,
+        lr_decay=0.6,
+        lr_decay_every=10,
+        ssim_weight=0.0,
+        eps2d=LOW_RES_EPS2D,
+    ),
+    "paper": PoseConfig(
+        k=5,
+        finalists=2,
+        finalist_steps=8,
+        short_steps=8,
+        short_scale=0.125,
+        steps=50,
+        pyramid_scales=(0.25, 0.5),
+        pyramid_steps=(15, 15),
         lr=0.03,
         lr_decay=0.6,
         lr_decay_every=10,

@@ -48,7 +48,7 @@ __all__ = [
     "TrainConfig", "TrainHistory", "default_config", "train", "evaluate", "split_views", "train_cli",
 ]
 
-PRESETS = ("gpu", "cpu", "fast")
+PRESETS = ("gpu", "cpu", "paper", "fast")
 LOW_RES_EPS2D = 0.03  # the 2D low-pass (px²) of the 128² presets "cpu" and "fast"; see TrainConfig.preset
 TIMERS = ("render", "loss", "backward", "optimizer", "densify", "eval")
 
@@ -137,6 +137,9 @@ class TrainConfig:
           with 0.03; 0.01 was no better). SH degree 2 (view-dependent colour): highlights that move with
           the view are drawn where the views saw them (realistic look, development split: image AUROC
           90.1 -> 92.2 with the same map, held-out PSNR +0.6 dB; see docs/realism.md).
+        - ``paper``: the papers' 400 px (MAD, SplatPose) on a CPU: SplatPose's schedule in spirit
+          (densification, then steps that sharpen), scaled to 2 cores: 5000 steps from 10k points,
+          densifying every 100 steps until 2500, SH degree 2 and the low-pass of ``cpu``.
         - ``fast``: 128 px, 400 steps from 3k points, a lower growth threshold, the same low-pass as ``cpu``:
           30 dB on 01Cat in ~5 s, for notebooks and CI (``SPLATLAB_FAST=1``).
         """
@@ -147,6 +150,12 @@ class TrainConfig:
                 name="cpu", resolution=128, iterations=4_000, batch_size=1, init_points=5_000,
                 init_extent=None, init_scale=0.5, sh_degree=2, sh_degree_interval=500, refine_start=100,
                 refine_stop=1_200, refine_every=100, reset_every=0, checkpoint_every=500, eps2d=LOW_RES_EPS2D,
+            )
+        elif name == "paper":
+            base = cls(
+                name="paper", resolution=400, iterations=5_000, batch_size=1, init_points=10_000,
+                init_extent=None, init_scale=0.5, sh_degree=2, sh_degree_interval=500, refine_start=100,
+                refine_stop=2_500, refine_every=100, reset_every=0, checkpoint_every=500, eps2d=LOW_RES_EPS2D,
             )
         elif name == "fast":
             base = cls(

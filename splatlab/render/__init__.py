@@ -151,9 +151,7 @@ def render(
         colors = torch.clamp_min(colors[:, 0, :] * SH_C0 + 0.5, 0.0)[None].expand(C, -1, -1)
     elif sh_degree is not None:
         campos = torch.linalg.inv(viewmats)[:, :3, 3]  # camera centres: gradients reach the pose too
-        colors = eval_sh(
-            sh_degree, means[None, :, :] - campos[:, None, :], colors[None].expand(C, -1, -1, -1)
-        )
+        colors = eval_sh(sh_degree, means[None, :, :] - campos[:, None, :], colors)
     elif colors.ndim == 2:
         colors = colors[None].expand(C, -1, -1)
     if render_mode != "RGB":

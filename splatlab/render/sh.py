@@ -58,7 +58,7 @@ def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
     Args:
         degree: Degree to use; coefficients beyond it are ignored.
         dirs: View directions, Gaussian centre minus camera centre. [..., 3]
-        coeffs: SH coefficients. [..., K, 3]
+        coeffs: SH coefficients; leading dims broadcast against those of ``dirs``. [..., K, 3]
 
     Returns:
         Colours ``max(sh + 0.5, 0)``. [..., 3]
@@ -67,7 +67,8 @@ def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
     if coeffs.shape[-2] < k:
         raise ValueError(f"sh_degree={degree} needs {k} SH coefficients, colors has {coeffs.shape[-2]}")
     basis = sh_basis(degree, torch.nn.functional.normalize(dirs, dim=-1))
-    colors = (basis[..., :, None] * coeffs[..., :k, :]).sum(-2)
+    # one small matrix product per Gaussian (batch dims broadcast: coeffs [N, K, 3] serve every camera)
+    colors = torch.einsum("...k,...kd->...d", basis, coeffs[..., :k, :])
     return torch.clamp_min(colors + 0.5, 0.0)
 
 
