@@ -196,6 +196,16 @@ def test_estimate_pose_multi_hypothesis_and_evaluation(scene):
     assert halved.chosen == best3.chosen and bool(torch.isfinite(halved.losses).all())
     assert_close(halved.losses, best3.losses, rtol=1e-4, atol=1e-6)
     assert_close(halved.viewmat, best3.viewmat, rtol=1e-4, atol=1e-5)
+    from splatlab.pose import _frame, _optimise, _prepared, _schedule
+
+    params, degree = _prepared(splats, "cpu")
+    starts = cams.viewmats[[5, 4, 6]]
+    hist = _optimise(
+        params, degree, query, starts, cams.Ks[0], SIZE, SIZE, cfg, _schedule(cfg), _frame(params, starts, cfg),
+        keep_best_after=4,
+    )
+    assert bool(torch.isfinite(hist["losses"][:4]).all())  # all three rendered for 4 steps, then one
+    assert (torch.isfinite(hist["losses"][4:]).sum(1) == 1).all()
     with pytest.raises(ValueError, match="finalist_steps"):
         dataclasses.replace(cfg, finalist_steps=-1)
     import matplotlib
