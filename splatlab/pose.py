@@ -160,7 +160,9 @@ class PoseConfig:
 #: loss alone (from the true pose it lands nearer the truth than with SSIM, 0.36° vs 0.39° mean on 01Cat,
 #: and skips SSIM's cost). The schedule was checked without any model error: a query rendered from the
 #: splats themselves, started 2° off, ends 0.04° off (mean, 01Cat; 40 steps with decay 0.7 ended 0.19° off).
-#: No early stop: a plateau rule stopped too soon here (01Cat AUC@5 89).
+#: No early stop: a plateau rule stopped too soon here (01Cat AUC@5 89). The losing finalist stops after 8
+#: full-size steps, and SH colour is not differentiated (``colour_grad``): the same pose AUC@5 on the
+#: development split in about half the time (docs/speed.md).
 #: "paper": the papers' 400² with splats of the ``paper`` training preset: the search of "cpu", then the full
 #: refinement mostly at 1/4 and 1/2 size (15 + 15 steps) before 20 steps at 400², the losing finalist
 #: dropped after 8 of them (a first setting: not chosen on a development split at 400²).
@@ -173,6 +175,7 @@ PRESETS: dict[str, PoseConfig] = {
     "cpu": PoseConfig(
         k=5,
         finalists=2,
+        finalist_steps=8,
         short_steps=8,
         short_scale=0.25,
         steps=60,
