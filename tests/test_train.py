@@ -159,6 +159,8 @@ def test_presets_and_default_config(monkeypatch):
     assert gpu.iterations == 30_000 and gpu.init_points == 100_000
     assert gpu.sh_degree == 0 and cpu.resolution == 128
     assert fast.iterations < cpu.iterations < gpu.iterations
+    paper = TrainConfig.preset("paper")  # the papers' 400² on a CPU
+    assert paper.resolution == 400 and cpu.iterations <= paper.iterations < gpu.iterations
     monkeypatch.setenv("SPLATLAB_FAST", "1")
     assert default_config().name == "fast"
     monkeypatch.delenv("SPLATLAB_FAST")
