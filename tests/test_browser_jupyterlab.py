@@ -34,7 +34,8 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_pose_optimiza
 RUN_ALL_TIMEOUT_S = 900  # fast mode takes ~20 s, plus ~2 min where the default dataset is made on first use
 SERVER_TIMEOUT_S = 120
 # The scrubber's parts, by the CSS classes StepScrubber gives them (splatlab/viz/widgets.py) and by
-# ipywidgets 8's slider (noUiSlider).
+# ipywidgets 8's slider (noUiSlider). The first scrubber in the notebook is the one tested (querySelector and
+# Playwright's .first agree on document order).
 SCRUBBER = ".splatlab-step-scrubber"
 RENDER = f"{SCRUBBER} img.splatlab-step-render"
 HANDLE = f"{SCRUBBER} .widget-slider .noUi-handle"
@@ -149,11 +150,10 @@ def _image(png: bytes) -> np.ndarray:
 
 
 def _shown_render(page) -> tuple[str, np.ndarray]:
-    """The render image's src and its pixels as drawn, once the image has loaded."""
-    page.wait_for_function("s => { const i = document.querySelector(s); return i && i.complete && "
-                           "i.naturalWidth > 0; }", arg=RENDER)
-    img = page.locator(RENDER)
-    return img.get_attribute("src"), _image(img.screenshot())
+    """The render image's src and its pixels as drawn, once that src has been decoded."""
+    src = page.evaluate("async s => { const i = document.querySelector(s); await i.decode(); return i.src; }",
+                        RENDER)
+    return src, _image(page.locator(RENDER).first.screenshot())
 
 
 def _errors(nb: dict) -> list[str]:
@@ -193,16 +193,17 @@ def test_step_scrubber_slider_changes_the_render(jupyter_lab):
             assert all(c["execution_count"] for c in code), "not every cell ran"
 
             # the scrubber as drawn: slider at step 0, its render loaded
-            page.locator(SCRUBBER).scroll_into_view_if_needed()
-            handle = page.locator(HANDLE)
+            page.locator(SCRUBBER).first.scroll_into_view_if_needed()
+            handle = page.locator(HANDLE).first
             assert handle.get_attribute("aria-valuenow").startswith("0")
             last = round(float(handle.get_attribute("aria-valuemax")))
             assert last > 0
-            assert page.locator(CAPTION).inner_text().startswith(f"step 0 / {last}")
+            caption = page.locator(CAPTION).first
+            assert caption.inner_text().startswith(f"step 0 / {last}")
             src0, before = _shown_render(page)
 
             # drag the handle past the track's right end, as a student would
-            h, track = handle.bounding_box(), page.locator(TRACK).bounding_box()
+            h, track = handle.bounding_box(), page.locator(TRACK).first.bounding_box()
             page.mouse.move(h["x"] + h["width"] / 2, h["y"] + h["height"] / 2)
             page.mouse.down()
             page.mouse.move(track["x"] + track["width"] + 40, h["y"] + h["height"] / 2, steps=12)
@@ -214,7 +215,7 @@ def test_step_scrubber_slider_changes_the_render(jupyter_lab):
                                        arg=[CAPTION, f"step {last} / {last}"])
             except playwright.TimeoutError:
                 pytest.fail(f"the slider moved to {handle.get_attribute('aria-valuenow')} in the page but "
-                            f"the kernel did not answer; caption: {page.locator(CAPTION).inner_text()!r}")
+                            f"the kernel did not answer; caption: {caption.inner_text()!r}")
             page.wait_for_function("([s, src]) => document.querySelector(s)?.src !== src", arg=[RENDER, src0])
             src1, after = _shown_render(page)
         finally:
