@@ -8,6 +8,7 @@ step, and the shown render must change. Skipped where Chromium, Playwright or Ju
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -66,9 +67,9 @@ def _get(url: str, token: str) -> int:
         return resp.status
 
 
-def _stop(proc: subprocess.Popen, base: str, token: str) -> None:
+def _stop(proc: subprocess.Popen, base: str | None, token: str) -> None:
     """Shut the server down through its API (which stops its kernels), else signal its process group."""
-    if proc.poll() is None:
+    if proc.poll() is None and base is not None:
         try:
             req = urllib.request.Request(f"{base}/api/shutdown", method="POST",
                                          headers={"Authorization": f"token {token}"})
@@ -109,12 +110,12 @@ def jupyter_lab(tmp_path):
         "JUPYTERLAB_WORKSPACES_DIR": str(home / "lab" / "workspaces"),
         "IPYTHONDIR": str(home / "ipython"),
     }
-    port, token = free_port(), secrets.token_hex(24)
-    base = f"http://127.0.0.1:{port}"
+    token = secrets.token_hex(24)
     cmd = [
         sys.executable, "-m", "jupyterlab", "--no-browser",
-        f"--ServerApp.root_dir={root}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={free_port()}",
+        "--ServerApp.port_retries=20",  # should another process take the port first; the info file says which
+        f"--IdentityProvider.token={token}",
         "--ServerApp.terminals_enabled=False",
         "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run the cells by JupyterLab's own command
         *(["--allow-root"] if os.geteuid() == 0 else []),  # CI containers run as root
@@ -122,17 +123,20 @@ def jupyter_lab(tmp_path):
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (closed in the finally block)
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # its own process group, for the last resort in _stop
+    info, base = home / "runtime" / f"jpserver-{proc.pid}.json", None
     try:
         deadline = time.monotonic() + SERVER_TIMEOUT_S
         while True:
             if proc.poll() is not None:
                 log_text = (tmp_path / "server.log").read_text()
                 pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{log_text}", pytrace=False)
-            try:
-                if _get(f"{base}/api/status", token) == 200:
-                    break
-            except OSError:
-                pass
+            if base is None and info.is_file():
+                with contextlib.suppress(ValueError):  # being written
+                    base = f"http://127.0.0.1:{json.loads(info.read_text())['port']}"
+            if base is not None:
+                with contextlib.suppress(OSError):
+                    if _get(f"{base}/api/status", token) == 200:
+                        break
             if time.monotonic() > deadline:
                 log_text = (tmp_path / "server.log").read_text()
                 pytest.fail(f"jupyter lab not up after {SERVER_TIMEOUT_S} s:\n{log_text}", pytrace=False)
