@@ -1,7 +1,7 @@
 """Development-split study of anomaly-map settings on cached poses and renders.
 
-    python benchmarks/dev_maps.py cache --data ../devdata-real --out ../devcache-real   # slow: pose per query
-    python benchmarks/dev_maps.py score --cache ../devcache-real                          # seconds per variant
+    python benchmarks/dev_maps.py cache --data ../devdata-real --out ../devcache-real  # a pose per query
+    python benchmarks/dev_maps.py score --cache ../devcache-real  # seconds per variant
 
 ``cache`` trains (or reuses) each class's ``cpu`` splats, estimates every selected test query's pose with
 the ``cpu`` pose preset and stores, per class, the query, the render at that pose *before* any alignment, its
@@ -108,8 +108,14 @@ def score_class(c: dict[str, np.ndarray], spec: dict, pixel: bool = False) -> di
     """
     import torch.nn.functional as F
 
-    from splatlab.anomaly import (AnomalyConfig, anomaly_terms, gaussian_blur, resize_images, resize_map,
-                                  _blur_images)
+    from splatlab.anomaly import (
+        AnomalyConfig,
+        _blur_images,
+        anomaly_terms,
+        gaussian_blur,
+        resize_images,
+        resize_map,
+    )
     from splatlab.appearance import align_render
     from splatlab.metrics import image_auroc, pixel_auroc
 
@@ -142,7 +148,7 @@ def score_class(c: dict[str, np.ndarray], spec: dict, pixel: bool = False) -> di
     norm = extra.get("norm", "none")
     if norm != "none":
         obj = F.interpolate(a.permute(0, 3, 1, 2), size=(S, S), mode="bilinear")[:, 0].flatten(1) > 0.5
-        vals = [f[o] if o.any() else f for f, o in zip(flat, obj)]
+        vals = [f[o] if o.any() else f for f, o in zip(flat, obj, strict=True)]
         if norm == "med":
             s = s - torch.stack([v.median() for v in vals])
         else:
@@ -197,7 +203,9 @@ def main(argv=None) -> int:
     s = sub.add_parser("score", help="re-score cached pairs under map settings")
     s.add_argument("--cache", required=True, help="cache folder written by `cache`")
     s.add_argument(
-        "--variant", action="append", help='NAME:{"field": value, ...}: AnomalyConfig fields and score_class extras (repeatable)'
+        "--variant",
+        action="append",
+        help='NAME:{"field": value, ...}: AnomalyConfig fields and score_class extras (repeatable)',
     )
     s.add_argument("--pixel", action="store_true", help="also pixel AUROC (slower)")
     args = p.parse_args(argv)
