@@ -62,8 +62,8 @@ class PnPConfig:
     """Settings of the PnP route (chosen on a development split, docs/pnp.md)."""
 
     k: int = 3  # retrieved training views matched against the query, one hypothesis each
-    ratio: float = 0.8  # Lowe's ratio test of the SIFT matcher
-    contrast_threshold: float = 0.02  # SIFT's contrast threshold (OpenCV: 0.04); lower finds more keypoints
+    ratio: float = 0.9  # Lowe's ratio test of the SIFT matcher
+    contrast_threshold: float = 0.01  # SIFT's contrast threshold (OpenCV: 0.04); lower finds more keypoints
     view_image: str = "train"  # image of each view that is matched: "train" (its photo) or "render"
     min_alpha: float = 0.95  # keypoints with a pixel of lower rendered alpha in their box are not lifted
     mask_radius: int = 0  # half-side of that box in pixels (0: the keypoint's own pixel; 1: its 3×3 box)
