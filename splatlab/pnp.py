@@ -70,6 +70,7 @@ class PnPConfig:
     ransac_px: float = 2.0  # RANSAC inlier threshold on the reprojection error, pixels at the image's size
     iterations: int = 2000  # RANSAC iterations
     confidence: float = 0.999  # RANSAC confidence
+    seed: int = 0  # seed of RANSAC's samples (set on OpenCV's generator before each solve)
     min_matches: int = 6  # a view with fewer lifted matches gives no hypothesis
     min_inliers: int = 6  # a solution with fewer RANSAC inliers is rejected
     pool: bool = True  # also solve one hypothesis from every view's lifted matches together (view -1)
@@ -327,6 +328,7 @@ def solve_hypothesis(
     obj = np.ascontiguousarray(points[use], dtype=np.float64)
     img = np.ascontiguousarray(query_xy[use], dtype=np.float64)
     Kd = K.detach().cpu().double().numpy()
+    cv2.setRNGSeed(cfg.seed)  # OpenCV's RANSAC draws from its process-wide generator: same input, same pose
     try:
         ok, rvec, tvec, inl = cv2.solvePnPRansac(
             obj,
