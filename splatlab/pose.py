@@ -186,8 +186,8 @@ PRESETS: dict[str, PoseConfig] = {
         k=2, short_steps=4, short_scale=0.5, steps=20, lr=0.02, early_stop_patience=5, eps2d=LOW_RES_EPS2D
     ),
 }
-#: "pnp": SplatPose+'s route, PnP from SIFT matches to the retrieved views, no refinement. "pnp+refine":
-#: the PnP pose refined like "cpu" but from one start and with fewer steps (docs/pnp.md).
+#: "pnp": SplatPose+'s route, PnP from SIFT matches to the retrieved views (:class:`PnPConfig`), no
+#: refinement. "pnp+refine": the PnP pose as the one start of "cpu"'s refinement, 40 steps (docs/pnp.md).
 PRESETS["pnp"] = dataclasses.replace(PRESETS["cpu"], route="pnp")
 PRESETS["pnp+refine"] = dataclasses.replace(PRESETS["cpu"], route="pnp+refine", finalists=1, steps=40)
 
