@@ -60,23 +60,52 @@ def class_queries(class_dir, size: int, heldout: int, train_views):
     return torch.stack(images), torch.stack(gts), excludes, names
 
 
-def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict:
-    """``["steps=80", "lr=0.02"]`` -> PoseConfig overrides, each value parsed as its field's type."""
+def sparse_model(run, train_views, fraction: float, preset: str):
+    """Splats trained on an evenly spaced ``fraction`` of the training views (cached beside the full run),
+    and those views: ``(run_dir, splats, views)``."""
+    from splatlab.atomic import open_atomic
+    from splatlab.data.mad import TrainViews
+    from splatlab.splats import load_ply
+    from splatlab.train import TrainConfig, train
+
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--view-fraction must be in (0, 1], got {fraction}")
+    n = len(train_views.images)
+    keep = torch.linspace(0, n - 1, max(2, round(fraction * n))).round().long().unique()
+    views = TrainViews(train_views.images[keep], train_views.cameras[keep], [])
+    out = run.parent / f"{run.name}-views{len(keep)}"
+    if not (out / "splats.ply").is_file():
+        resolution = json.loads((run / "config.json").read_text())["resolution"]
+        config = dataclasses.replace(TrainConfig.preset(preset), resolution=resolution, eval=False)
+        train(views, config, out_dir=out, resume=True, progress=False)
+        with open_atomic(out / "views.json", "w") as f:
+            json.dump({"kept": keep.tolist(), "of": n, "preset": preset}, f)
+    return out, load_ply(out / "splats.ply"), views
+
+
+def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> tuple[dict, dict]:
+    """``["steps=80", "pnp.k=5"]`` -> (PoseConfig overrides, PnPConfig overrides), values parsed as Python."""
     import ast
 
+    from splatlab.pnp import PnPConfig
     from splatlab.pose import PoseConfig
 
     fields = {f.name for f in dataclasses.fields(PoseConfig)}
-    out = {}
+    fields |= {f"pnp.{f.name}" for f in dataclasses.fields(PnPConfig)}
+    out, pnp = {}, {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
             parser.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
         try:
-            out[key] = ast.literal_eval(value)
+            parsed = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            out[key] = value  # a bare string such as method=sift
-    return out
+            parsed = value  # a bare string such as method=sift
+        if key.startswith("pnp."):
+            pnp[key[4:]] = parsed
+        else:
+            out[key] = parsed
+    return out, pnp
 
 
 def main() -> int:
@@ -107,7 +136,13 @@ def main() -> int:
         nargs="*",
         default=[],
         metavar="FIELD=VALUE",
-        help="PoseConfig fields to override, e.g. --set steps=80 lr_decay_every=15",
+        help="PoseConfig fields to override, e.g. --set steps=80 lr_decay_every=15 pnp.k=5",
+    )
+    parser.add_argument(
+        "--view-fraction",
+        type=float,
+        default=1.0,
+        help="train on this share of the training views (evenly spaced; 1 = all) and retrieve among them",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -121,9 +156,11 @@ def main() -> int:
     from splatlab.threads import thread_counts
 
     overrides = {"num_threads": args.threads} | ({"method": args.method} if args.method else {})
-    overrides |= parse_overrides(args.set, parser)
+    more, pnp_overrides = parse_overrides(args.set, parser)
+    overrides |= more
     try:
         config = pose_config(args.preset, **overrides)
+        config = dataclasses.replace(config, pnp=dataclasses.replace(config.pnp, **pnp_overrides))
     except (TypeError, ValueError) as e:
         parser.error(f"--preset {args.preset} with --set {args.set}: {e}")
     root = Path(args.data) if args.data else default_dataset(args.size, look=args.look)
@@ -133,12 +170,14 @@ def main() -> int:
         if not dirs:
             parser.error(f"--classes: none of {args.classes} in {root}")
     load_before = os.getloadavg()
-    rows, all_seconds = [], []
+    rows, all_seconds, all_errors = [], [], []
     for class_dir in dirs:
         run = ensure_trained(class_dir, None, args.train_preset, args.size, progress=False)
         splats = load_ply(run / "splats.ply")
         config = dataclasses.replace(config, eps2d=run_eps2d(run))  # render the splats as trained
         train_views = load_mad_class(class_dir, size=args.size).train
+        if args.view_fraction < 1.0:
+            run, splats, train_views = sparse_model(run, train_views, args.view_fraction, args.train_preset)
         retriever = Retriever.build(train_views.images, train_views.cameras, config.method, cache_dir=run)
         images, gts, excludes, names = class_queries(class_dir, args.size, args.heldout, train_views)
         if args.limit:
@@ -152,9 +191,15 @@ def main() -> int:
             images[0], splats, retriever, dataclasses.replace(config, steps=2, short_steps=1)
         )  # warm-up
         cpu0 = time.process_time()
-        ev = evaluate_poses(splats, retriever, images, gts, config, exclude=excludes, names=names)
+        ev = evaluate_poses(
+            splats, retriever, images, gts, config, exclude=excludes, names=names, keep_results=True
+        )
         cpu_seconds = time.process_time() - cpu0
         s = ev.summary()
+        done = [r for r in ev.results if r is not None]
+        stages = sorted({k for r in done for k in r.timings})
+        stage_s = {k: round(statistics.mean(r.timings.get(k, 0.0) for r in done), 3) for k in stages}
+        ev.results = None  # the histories are not needed any more
         worst = int(torch.argmax(ev.rot_deg))
         rows.append(
             {
@@ -166,17 +211,21 @@ def main() -> int:
                 "median_trans": round(s["median_trans"], 4),
                 "seconds_per_query": round(s["seconds_per_query"], 3),
                 "n_queries": s["n"],
+                "failures_10deg": int((ev.rot_deg > 10).sum()),
+                "seconds_by_stage": stage_s,
+                "pnp_fallbacks": sum(r.fallback_reason is not None for r in done),
                 "diverged": s["diverged"],
                 "worst": {"query": names[worst], "rot_deg": round(float(ev.rot_deg[worst]), 2)},
             }
         )
         all_seconds += ev.seconds.tolist()
+        all_errors += ev.rot_deg.tolist()
         rows[-1]["cpu_seconds_per_query"] = round(cpu_seconds / len(images), 3)
         r = rows[-1]
         print(
             f"{r['name']:<10} AUC@5 {r['auc5']:6.2f}  @10 {r['auc10']:6.2f}  @20 {r['auc20']:6.2f}  "
             f"median {r['median_rot_deg']:.3f}° {r['median_trans']:.4f}  "
-            f"{r['seconds_per_query']:.2f} s/query  "
+            f"{r['seconds_per_query']:.2f} s/query {r['seconds_by_stage']}  >10°: {r['failures_10deg']}  "
             f"worst {r['worst']['query']} {r['worst']['rot_deg']}°",
             flush=True,
         )
@@ -186,6 +235,10 @@ def main() -> int:
         "mean_auc10": round(statistics.mean(r["auc10"] for r in rows), 2),
         "mean_auc20": round(statistics.mean(r["auc20"] for r in rows), 2),
         "mean_seconds_per_query": round(statistics.mean(all_seconds), 3),
+        "median_rot_deg": round(statistics.median(all_errors), 3),
+        "failures_10deg": sum(r["failures_10deg"] for r in rows),
+        "n_queries": len(all_errors),
+        "view_fraction": args.view_fraction,
         "pose_preset": args.preset,
         "config": dataclasses.asdict(config),
         "train_preset": args.train_preset,

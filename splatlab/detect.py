@@ -284,7 +284,8 @@ class Detection:
         score: Image score, the map's maximum.
         normalized_score: The score on the calibrated scale (1 = threshold), or None without calibration.
         decision: True = defective, None without calibration.
-        times: Seconds per stage: "coarse", "hypotheses", "refine", "render", "score", "total".
+        times: Seconds per stage: "coarse", "hypotheses" (on the PnP routes: the PnP stage), "refine",
+            "render", "score", "total".
         pose: The pose estimate with its history (``mode="full"``), else None.
         retrieved: Index of the best-retrieved training view (None when the pose was given).
     """
@@ -371,6 +372,7 @@ def detect(
         pose = estimate_pose(q, model.splats, model.retriever, model.pose_config, exclude=exclude)
         for k in ("coarse", "hypotheses", "refine"):
             times[k] = float(pose.timings.get(k, 0.0))
+        times["hypotheses"] += float(pose.timings.get("pnp", 0.0))  # the PnP routes' start poses
         vm, retrieved = pose.viewmat, pose.candidates[0].index
     else:
         t0 = time.perf_counter()

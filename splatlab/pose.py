@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from torch import Tensor
 from splatlab.appearance import APPEARANCES, align_render
 from splatlab.cameras import se3_exp, se3_log
 from splatlab.losses import photometric_loss
+from splatlab.pnp import PnPConfig, PnPResult, pnp_losses, solve_pnp
 from splatlab.render import render
 from splatlab.render.sh import eval_sh
 from splatlab.retrieval import Retriever, check_query
@@ -62,6 +64,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "PRESETS",
+    "ROUTES",
     "Candidate",
     "PoseConfig",
     "PoseDivergedError",
@@ -73,6 +76,12 @@ __all__ = [
     "pose_config",
     "refine",
 ]
+
+
+#: Routes to a pose: "refine" (retrieval, hypotheses, gradient refinement: SplatPose), "pnp" (2D–3D matches
+#: and PnP from the retrieved views, no optimisation: SplatPose+, :mod:`splatlab.pnp`) and "pnp+refine" (the
+#: PnP pose as the start of the full refinement, no brief hypotheses).
+ROUTES: tuple[str, ...] = ("refine", "pnp", "pnp+refine")
 
 
 @dataclass(frozen=True)
@@ -121,8 +130,12 @@ class PoseConfig:
     # CPU threads (torch and Numba) while estimating, restored after; None = chosen by splatlab.threads
     # from the image size
     num_threads: int | None = None
+    route: str = "refine"  # one of ROUTES
+    pnp: PnPConfig = PnPConfig()  # the PnP route's settings (routes "pnp" and "pnp+refine")
 
     def __post_init__(self) -> None:
+        if self.route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
         if self.method not in ("features", "sift"):
             raise ValueError(f"method must be 'features' or 'sift', got {self.method!r}")
         if self.finalists < 1:
@@ -204,6 +217,10 @@ PRESETS: dict[str, PoseConfig] = {
         k=2, short_steps=4, short_scale=0.5, steps=20, lr=0.02, early_stop_patience=5, eps2d=LOW_RES_EPS2D
     ),
 }
+#: "pnp": SplatPose+'s route, PnP from SIFT matches to the retrieved views (:class:`PnPConfig`), no
+#: refinement. "pnp+refine": the PnP pose as the one start of "cpu"'s refinement, 40 steps (docs/pnp.md).
+PRESETS["pnp"] = dataclasses.replace(PRESETS["cpu"], route="pnp")
+PRESETS["pnp+refine"] = dataclasses.replace(PRESETS["cpu"], route="pnp+refine", finalists=1, steps=40)
 
 
 def default_preset(device=None) -> str:
@@ -218,12 +235,13 @@ def default_preset(device=None) -> str:
 
 
 def pose_config(preset: str = "full", **overrides) -> PoseConfig:
-    """A preset's :class:`PoseConfig` with overrides; ``SPLATLAB_FAST=1`` turns it into "fast"."""
+    """A preset's :class:`PoseConfig` with overrides; ``SPLATLAB_FAST=1`` gives "fast" on the same route."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    if os.environ.get("SPLATLAB_FAST") == "1":
-        preset = "fast"
-    return dataclasses.replace(PRESETS[preset], **overrides)
+    base = PRESETS[preset]
+    if os.environ.get("SPLATLAB_FAST") == "1":  # "fast" settings on the preset's route
+        base = dataclasses.replace(PRESETS["fast"], route=base.route, pnp=base.pnp)
+    return dataclasses.replace(base, **overrides)
 
 
 class PoseDivergedError(RuntimeError):
@@ -323,11 +341,15 @@ class PoseResult:
         scales: Image-size factor of every step (pyramid). [S]
         short_losses: Loss of every candidate at every brief-refinement step. [S_short, k]
         renders: ``{step: render}`` every ``record_every`` steps, at that step's size. {int: [h, w, 3]}
-        timings: Seconds per stage: "coarse", "hypotheses", "refine", "total".
+        timings: Seconds per stage: "coarse", "hypotheses" (refine route) or "pnp" (PnP routes), "refine",
+            "total".
         loss: The final (lowest full-size) loss.
         stopped_early: Whether the plateau rule ended the refinement.
         translation_scale: ``s`` used for δ's translation part.
         pivot_depth: Depth of the rotation centre used (0: the camera centre).
+        route: The route taken (:data:`ROUTES`).
+        pnp: The PnP route's hypotheses (matches, inliers, reprojection errors) and winner; None otherwise.
+        fallback_reason: Why the PnP route fell back to the retrieval pose; None when it did not.
     """
 
     viewmat: Tensor
@@ -347,6 +369,9 @@ class PoseResult:
     stopped_early: bool = False
     translation_scale: float = 1.0
     pivot_depth: float = 0.0
+    route: str = "refine"
+    pnp: PnPResult | None = None
+    fallback_reason: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -626,11 +651,13 @@ def _estimate(query, splats, retriever, config, device, exclude) -> PoseResult:
     query = check_query(query, cams.height, cams.width)
     device = splats["means"].device if device is None else torch.device(device)
     t0 = time.perf_counter()
-    idx, sim = retriever.top_k(query, config.k, exclude=exclude)
+    idx, sim = retriever.top_k(query, config.k if config.route == "refine" else config.pnp.k, exclude=exclude)
     t1 = time.perf_counter()
     params, degree = _prepared(splats, device)
     q = query.to(device)
     K = cams.Ks[idx[0]].to(device, torch.float32)
+    if config.route != "refine":
+        return _estimate_pnp(q, params, degree, retriever, idx, sim, K, config, t1 - t0)
     starts = cams.viewmats[idx].to(device, torch.float32)
     frame = _frame(params, starts, config)
     short = torch.zeros(0, len(idx))
@@ -688,3 +715,82 @@ def _estimate(query, splats, retriever, config, device, exclude) -> PoseResult:
         {"coarse": t1 - t0, "hypotheses": t2 - t1, "refine": t3 - t2},
         b,
     )
+
+
+def _estimate_pnp(
+    q, params, degree, retriever, idx, sim, K, config: PoseConfig, coarse_s: float
+) -> PoseResult:
+    """Routes "pnp" and "pnp+refine": PnP hypotheses from the retrieved views, then optionally refinement."""
+    cams = retriever.cameras
+    background = torch.tensor(config.background, device=q.device)
+    t1 = time.perf_counter()
+    pnp = solve_pnp(
+        q,
+        params,
+        degree,
+        cams,
+        idx,
+        config.pnp,
+        images=retriever.images,
+        background=background,
+        eps2d=config.eps2d,
+        backend=config.backend,
+        ssim_weight=config.ssim_weight,
+    )
+    hyps = pnp.hypotheses
+    # starts: the winner, then the other good hypotheses by inliers; on fallback the retrieved views
+    good = sorted(
+        (j for j, h in enumerate(hyps) if h.ok and j != pnp.chosen), key=lambda j: -hyps[j].n_inliers
+    )
+    order = ([pnp.chosen] + good) if pnp.chosen >= 0 else list(range(len(idx)))
+    order = order[: 1 if config.route == "pnp" else max(1, config.finalists)]
+    starts = torch.stack([hyps[j].viewmat if pnp.chosen >= 0 else cams.viewmats[idx[j]] for j in order])
+    starts = starts.to(q.device, torch.float32)
+    frame = _frame(params, starts, config)
+    t2 = time.perf_counter()
+    if config.route == "pnp":  # no refinement: the history is the answer's loss alone
+        h = hyps[order[0]] if pnp.chosen >= 0 else None
+        if h is not None and math.isfinite(h.loss):
+            loss = h.loss
+        else:
+            args = (K, cams, background, config.eps2d, config.backend, config.ssim_weight)
+            loss = pnp_losses(q, params, degree, [starts[0]], *args)[0]
+        best = torch.tensor([loss])
+        hist = {
+            "losses": best[None],
+            "viewmats": starts[None].detach(),
+            "scales": torch.ones(1),
+            "renders": {},
+        }
+        hist |= {"best": best, "best_viewmats": starts.detach(), "stopped": False}
+    else:
+        hist = _optimise(
+            params,
+            degree,
+            q,
+            starts,
+            K,
+            cams.width,
+            cams.height,
+            config,
+            _schedule(config),
+            frame,
+            config.record_every,
+        )
+    b = int(torch.argmin(hist["best"]))
+    chosen = order[b]
+    t3 = time.perf_counter()
+    views = [(int(i), float(v), cams.viewmats[i]) for i, v in zip(idx.tolist(), sim.tolist(), strict=True)]
+    views += [(-1, float("nan"), cams.viewmats[idx[0]])] * (len(hyps) - len(views))  # the pooled one
+    candidates = [
+        Candidate(i, v, vm.float().cpu(), h.viewmat.float().cpu(), h.loss)
+        for (i, v, vm), h in zip(views, hyps, strict=True)
+    ]
+    timings = {"coarse": coarse_s, "pnp": t2 - t1}
+    if config.route == "pnp":
+        timings["pnp"] += t3 - t2  # the loss at the PnP pose is part of the answer, not a refinement
+    else:
+        timings["refine"] = t3 - t2
+    res = _result(hist, starts[b], K, q, candidates, chosen, torch.zeros(0, len(idx)), frame, b, timings, b)
+    res.route, res.pnp, res.fallback_reason = config.route, pnp, pnp.fallback_reason
+    return res

@@ -47,3 +47,26 @@ def small_run(small_class, tmp_path_factory):
         mp.setenv("SPLATLAB_FAST", "1")
         load_detector(run).calibrate()
     return run
+
+
+def browser_or_skip(*modules: str) -> str:
+    """The system Chromium's path, for the browser tests; call at module level.
+
+    Skips the module where Chromium, Playwright or one of ``modules`` is missing, and fails it instead when
+    ``SPLATLAB_REQUIRE_BROWSER=1`` (CI sets it: there a skipped browser test would pass unnoticed).
+    """
+    import importlib.util
+    import os
+    import shutil
+
+    missing = [m for m in ("playwright", *modules) if importlib.util.find_spec(m) is None]
+    names = ("chromium", "chromium-browser", "google-chrome")
+    chromium = next((p for p in map(shutil.which, names) if p), None)
+    if chromium is None:
+        missing.append("Chromium (apt-get install chromium)")
+    if missing:
+        reason = f"browser test needs {', '.join(missing)}"
+        if os.environ.get("SPLATLAB_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{reason} (SPLATLAB_REQUIRE_BROWSER=1)", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
+    return chromium

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import io
 import math
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import browser_or_skip
+
 pytestmark = pytest.mark.browser
 
-playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-if CHROMIUM is None:
-    pytest.skip("no Chromium installed", allow_module_level=True)
+CHROMIUM = browser_or_skip()
+from playwright import sync_api as playwright  # noqa: E402 (only where it is installed)
 
 WIDTH, HEIGHT = 1024, 768  # wide enough that viser's control panel (top right) stays clear of the object
 EYE = (3.0, 3.0, 2.4)

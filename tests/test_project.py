@@ -20,7 +20,7 @@ def test_environment_yml_lists_every_runtime_dependency():
     env_names = {_name(line.strip()[2:]) for line in env.splitlines() if line.strip().startswith("- ")}
     missing = [d for d in deps if _name(d) not in env_names]
     assert not missing, f"environment.yml lacks {missing}"
-    assert "python=3.11" in env and "-e .[dev]" in env
+    assert "python=3.11" in env and "-e .[dev,browser]" in env  # the same extras as README.md's pip line
 
 
 def test_ci_runs_the_readme_commands():

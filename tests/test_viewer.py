@@ -176,6 +176,44 @@ def test_open_run_loads_splats_and_training_cameras(tmp_path):
         np.testing.assert_allclose(first.position, viewmat_to_pose(cams.viewmats[0])[1], atol=1e-5)
 
 
+def test_view_of_a_trained_run_shows_its_training_cameras(small_run, small_class, caplog):
+    """`splatlab train` names its class folder in config.json, so `splatlab view RUN_DIR` alone finds the
+    training cameras (issue 17: it used to show the splats only)."""
+    from splatlab.cli import main
+    from splatlab.data.mad import load_train
+
+    cams = load_train(small_class).cameras
+    with SplatViewer() as viewer:
+        open_run(viewer, small_run, max_cameras=len(cams), thumbnail_size=8)
+        train = sorted(n for n in viewer.nodes if n.startswith("/train/"))
+        assert len(train) == len(cams)
+        last = viewer.server.scene.get_handle_by_name(train[-1])
+        np.testing.assert_allclose(last.position, viewmat_to_pose(cams.viewmats[-1])[1], atol=1e-5)
+    with caplog.at_level("INFO", logger="splatlab"):
+        assert main(["view", str(small_run), "--port", str(free_port()), "--seconds", "0.1",
+                     "--max-cameras", "7", "--thumbnail-size", "8"]) == 0
+    assert f"{small_class}: 7 training cameras" in caplog.text
+
+
+def test_view_of_a_run_whose_data_moved_shows_the_splats_and_says_where(small_run, tmp_path, caplog, capsys):
+    from splatlab.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "splats.ply").write_bytes((small_run / "splats.ply").read_bytes())
+    (run / "config.json").write_text(json.dumps({"data": {"class_dir": "../moved", "size": 48}}))
+    with SplatViewer() as viewer, caplog.at_level("WARNING", logger="splatlab"):
+        open_run(viewer, run)
+        assert viewer.server.scene.get_handle_by_name("/splats") is not None
+        assert not [n for n in viewer.nodes if n.startswith("/train/")]
+    assert str(tmp_path / "moved") in caplog.text and "--data" in caplog.text
+    # the folder the message names is the option `splatlab view` takes; a folder that is no class is an error
+    args = ["--data", str(tmp_path), "--port", str(free_port()), "--seconds", "0.1"]
+    assert main(["view", str(run), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("splatlab view: ") and f"{tmp_path}: not a class folder" in err and "\n" not in err
+
+
 def test_open_run_errors_name_the_missing_path(tmp_path):
     with SplatViewer() as viewer:
         with pytest.raises(FileNotFoundError, match="nowhere"):

@@ -147,3 +147,67 @@ def error_cdf_figure(rot_errors_deg: dict[str, Tensor], max_deg: float = 20.0):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def matches_figure(result, retriever, query: Tensor, hypothesis: int | None = None):
+    """The query beside a retrieved view with the PnP route's matches: inliers green, RANSAC outliers red,
+    matches the alpha mask kept from being lifted (silhouette pixels) grey.
+
+    Args:
+        result: A :class:`splatlab.pose.PoseResult` of the "pnp" or "pnp+refine" route.
+        retriever: The retriever it used (its ``images`` are shown).
+        query: The query image. [H, W, 3]
+        hypothesis: Index into ``result.pnp.hypotheses``; default the winner, or the single view with the most
+            inliers when the winner is the pooled hypothesis or there is none.
+    """
+    if result.pnp is None:
+        raise ValueError("result has no PnP record; estimate with route 'pnp' or 'pnp+refine'")
+    hyps = result.pnp.hypotheses
+    if hypothesis is None:
+        hypothesis = result.pnp.chosen
+        if hypothesis < 0 or hyps[hypothesis].view < 0:
+            hypothesis = max((j for j, h in enumerate(hyps) if h.view >= 0), key=lambda j: hyps[j].n_inliers)
+    h = hyps[hypothesis]
+    q = query.detach().cpu().clamp(0, 1).numpy()
+    v = retriever.images[h.view].detach().cpu().clamp(0, 1).numpy()
+    W = q.shape[1]
+    fig, axes = _figure(1, 1, size=(6.4, 3.4))
+    ax = axes[0, 0]
+    ax.imshow(np.concatenate([q, v], axis=1))
+    inlier = np.zeros(h.n_matches, bool)
+    inlier[h.inliers] = True
+    for kind, sel, colour, width in (
+        ("not lifted", ~h.lifted, "0.6", 0.6),
+        ("outlier", h.lifted & ~inlier, "red", 0.6),
+        ("inlier", inlier, "limegreen", 0.9),
+    ):
+        for (x0, y0), (x1, y1) in zip(h.query_xy[sel] - 0.5, h.view_xy[sel] - 0.5, strict=True):
+            ax.plot([x0, x1 + W], [y0, y1], color=colour, lw=width)
+        ax.plot([], [], color=colour, label=f"{kind} ({int(sel.sum())})")
+    status = "" if h.ok else f" — rejected: {h.reason}"
+    ax.set_title(
+        f"query | view {h.view}: {h.n_matches} matches, {h.n_inliers} inliers, "
+        f"{h.reprojection_px:.2f} px{status}",
+        fontsize=8,
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def error_time_figure(routes: dict[str, tuple[np.ndarray, np.ndarray]]):
+    """Rotation error against seconds per query, one marker colour per route (log error axis).
+
+    Args:
+        routes: ``{name: (seconds [Q], rotation errors in degrees [Q])}``.
+    """
+    fig, axes = _figure(1, 1, size=(4.6, 3.4))
+    ax = axes[0, 0]
+    for name, (secs, errs) in routes.items():
+        ax.scatter(secs, np.maximum(errs, 1e-3), s=18, label=f"{name} (median {np.median(errs):.2f}°)")
+    ax.set(xlabel="seconds per query", ylabel="rotation error (°)", yscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -447,7 +448,8 @@ def open_run(viewer: SplatViewer, run_dir: Path, data_dir: Path | None = None, m
     """Put a training run into a viewer: ``run_dir/splats.ply`` and its training cameras.
 
     The cameras come from ``data_dir`` or else from the class folder the run's config.json names
-    (:func:`splatlab.run.find_class_dir`); without either, the splats are shown alone.
+    (:func:`splatlab.run.find_class_dir`); where that is missing, the splats are shown alone, with a warning
+    naming the path it expected. A ``data_dir`` that is not a class folder is an error.
     """
     from splatlab.splats import load_ply
 
@@ -463,13 +465,14 @@ def open_run(viewer: SplatViewer, run_dir: Path, data_dir: Path | None = None, m
     from splatlab.data.mad import load_train
     from splatlab.run import find_class_dir
 
-    if data_dir is None:
-        try:
-            data_dir = find_class_dir(run_dir)
-        except FileNotFoundError as exc:
-            log.info("%s; showing the splats only", exc)
-            return
-    views = load_train(find_class_dir(run_dir, data_dir), size=thumbnail_size)
+    try:
+        data_dir = find_class_dir(run_dir, data_dir)
+    except FileNotFoundError as exc:
+        if data_dir is not None:  # a folder the user named must be a class folder
+            raise
+        log.warning("%s; showing the splats only", exc)
+        return
+    views = load_train(data_dir, size=thumbnail_size)
     keep = torch.linspace(0, len(views.cameras) - 1, min(max_cameras, len(views.cameras))).round().long()
     viewer.add_cameras(views.cameras[keep], views.images[keep], thumbnail_size=thumbnail_size)
     log.info("%s: %d training cameras", data_dir, len(keep))
@@ -480,7 +483,7 @@ def view_cli(
     host: str = "127.0.0.1",
     port: int = 8080,
     share: bool = False,
-    data_dir: Path | None = None,
+    data: Annotated[Path | None, tyro.conf.arg(aliases=("--data-dir",))] = None,
     max_cameras: int = 200,
     thumbnail_size: int = 64,
     seconds: float | None = None,
@@ -492,7 +495,7 @@ def view_cli(
         host: Interface to bind; 127.0.0.1 keeps the viewer on this machine.
         port: Port to serve on (the next free one if it is taken).
         share: Bind 0.0.0.0, so other machines on the network can open the viewer.
-        data_dir: The class folder to show training cameras from; read from config.json when omitted.
+        data: The run's class folder, for the training cameras, if it has moved (config.json names it).
         max_cameras: Show at most this many training cameras (evenly spaced).
         thumbnail_size: Longest side of the camera thumbnails in pixels.
         seconds: Close after this many seconds instead of waiting for Ctrl-C.
@@ -501,7 +504,7 @@ def view_cli(
         raise FileNotFoundError(f"{Path(run_dir) / 'splats.ply'}: not found; is {run_dir} a run folder of "
                                 "`splatlab train`?")
     with SplatViewer(host="0.0.0.0" if share else host, port=port) as viewer:
-        open_run(viewer, run_dir, data_dir, max_cameras, thumbnail_size)
+        open_run(viewer, run_dir, data, max_cameras, thumbnail_size)
         log.info("open %s in a browser; Ctrl-C to stop", viewer.url)
         deadline = None if seconds is None else time.monotonic() + seconds
         try:

@@ -120,6 +120,9 @@ class StepScrubber(_Shown):
         titled = [w.VBox([w.HTML(f"<b>{t}</b>"), im]) for t, im in panels]
         controls = w.HBox([self.play, self.slider])
         self.widget = w.VBox([controls, w.HBox(titled), self.curve_image, self.caption])
+        # CSS classes that name the parts in the page (tests/test_browser_jupyterlab.py finds them by these)
+        self.widget.add_class("splatlab-step-scrubber")
+        self.render_image.add_class("splatlab-step-render")
         self.slider.observe(lambda change: self.update(change["new"]), names="value")
         self.update(0)
 
