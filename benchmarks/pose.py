@@ -188,7 +188,10 @@ def main() -> int:
                 names[: args.limit],
             )
         estimate_pose(
-            images[0], splats, retriever, dataclasses.replace(config, steps=2, short_steps=1, pyramid_scales=(), pyramid_steps=())
+            images[0],
+            splats,
+            retriever,
+            dataclasses.replace(config, steps=2, short_steps=1, pyramid_scales=(), pyramid_steps=()),
         )  # warm-up
         cpu0 = time.process_time()
         ev = evaluate_poses(
