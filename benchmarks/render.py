@@ -326,7 +326,7 @@ def measure_peak(backend: str, n: int, res: int):
 
 def _slope(xs, ys) -> float | None:
     """Least-squares slope of log(ys) against log(xs) (points with a missing or zero y are left out)."""
-    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if y]
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=True) if y]
     if len(pts) < 2:
         return None
     mx = sum(p[0] for p in pts) / len(pts)
@@ -377,10 +377,11 @@ def plot_growth(g: dict, path: str) -> None:
     )
     for ax, rows, key, label, var in panels:
         xs = [r[key] for r in rows]
-        ax.loglog(xs, [r["fwdbwd_ms"] for r in rows], "o-", label=f"fwd+bwd ms (∝ {var}^{e['time_vs_' + var]})")
-        mems = [(x, r["peak_mb"]) for x, r in zip(xs, rows) if r["peak_mb"]]
+        label_t = f"fwd+bwd ms (∝ {var}^{e['time_vs_' + var]})"
+        ax.loglog(xs, [r["fwdbwd_ms"] for r in rows], "o-", label=label_t)
+        mems = [(x, r["peak_mb"]) for x, r in zip(xs, rows, strict=True) if r["peak_mb"]]
         if mems:
-            ax.loglog(*zip(*mems), "s--", label=f"extra MB (∝ {var}^{e['memory_vs_' + var]})")
+            ax.loglog(*zip(*mems, strict=True), "s--", label=f"extra MB (∝ {var}^{e['memory_vs_' + var]})")
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -408,7 +409,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="turns of every layer (medians over them)")
     ap.add_argument("--no-growth", action="store_true", help="skip how cost grows with N and image size")
     ap.add_argument("--growth-reps", type=int, default=5, help="timed repetitions per growth point")
-    ap.add_argument("--plot", default=None, help="write the growth figure here (PNG), e.g. docs/render_growth.png")
+    ap.add_argument("--plot", default=None, help="write the growth figure (PNG) here")
     ap.add_argument("--mem-child", nargs=3, metavar=("BACKEND", "N", "RES"), help=argparse.SUPPRESS)
     ap.add_argument("--layer-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

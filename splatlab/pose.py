@@ -471,7 +471,7 @@ def _optimise(
             )
             if cfg.appearance != "none":
                 img = align_render(img, alpha, target.expand_as(img), cfg.appearance, background)
-            loss = torch.stack([photometric_loss(img[b], target, cfg.ssim_weight) for b in range(len(active))])
+            loss = torch.stack([photometric_loss(im, target, cfg.ssim_weight) for im in img])
             if not bool(torch.isfinite(loss).all()):
                 raise PoseDivergedError(
                     f"pose refinement diverged: non-finite loss {loss.tolist()} at step {step}", step

@@ -201,8 +201,8 @@ def test_estimate_pose_multi_hypothesis_and_evaluation(scene):
     params, degree = _prepared(splats, "cpu")
     starts = cams.viewmats[[5, 4, 6]]
     hist = _optimise(
-        params, degree, query, starts, cams.Ks[0], SIZE, SIZE, cfg, _schedule(cfg), _frame(params, starts, cfg),
-        keep_best_after=4,
+        params, degree, query, starts, cams.Ks[0], SIZE, SIZE, cfg, _schedule(cfg),
+        _frame(params, starts, cfg), keep_best_after=4,
     )
     assert bool(torch.isfinite(hist["losses"][:4]).all())  # all three rendered for 4 steps, then one
     assert (torch.isfinite(hist["losses"][4:]).sum(1) == 1).all()
