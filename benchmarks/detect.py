@@ -27,7 +27,7 @@ import sys
 
 
 def evaluate_args(argv: list[str]) -> list[str]:
-    """This script's command line as ``splatlab evaluate``'s: ``--data DIR`` -> ``DIR``, ``--out`` defaulted."""
+    """This script's command line as ``splatlab evaluate``'s: ``--data DIR`` -> ``DIR``, ``--out`` set."""
     argv = list(argv)
     if "--data" in argv:
         i = argv.index("--data")

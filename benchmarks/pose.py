@@ -67,11 +67,11 @@ def main(argv=None) -> int:
         "--method", default=None, choices=["features", "sift"], help="retrieval (preset's by default)"
     )
     parser.add_argument("--size", type=int, default=128, help="image size of the default dataset")
-    parser.add_argument("--data", default=None, help="dataset root (default: the generated LEGO-MAD at --size)")
+    parser.add_argument("--data", default=None, help="dataset root (default: the generated LEGO-MAD)")
     parser.add_argument("--runs", default=None, help="run root for trained splats (default: runs/)")
     parser.add_argument("--classes", nargs="*", default=None, help="class names (default: all)")
-    parser.add_argument("--limit", type=int, default=0, help="at most this many test queries per class (0 = all)")
-    parser.add_argument("--heldout", type=int, default=0, help="also query every N-th training view (0 = none)")
+    parser.add_argument("--limit", type=int, default=0, help="at most this many test queries per class")
+    parser.add_argument("--heldout", type=int, default=0, help="also query every N-th training view")
     parser.add_argument("--look", default="clean", help="look of the generated data: clean, real, real-relit")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch/Numba threads per estimate (default: the library's)"

@@ -28,7 +28,6 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -42,7 +41,9 @@ def _summary(name: str, wall: float, slots: int, records: list[dict]) -> dict:
         "slots": slots,
         "overhead_per_job_seconds": round((wall * slots - inside) / len(records), 2),
         "failed": sum(r["status"] != "ok" for r in records),
-        "image_auroc": {r["class"]: r["metrics"]["full"]["image_auroc"] for r in records if r["status"] == "ok"},
+        "image_auroc": {
+            r["class"]: r["metrics"]["full"]["image_auroc"] for r in records if r["status"] == "ok"
+        },
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-queries", type=int, default=8, help="test images per class")
     p.add_argument("--train-preset", default="cpu", help="training preset of the splats (trained first)")
     p.add_argument("--pose-preset", default="cpu", help="pose preset")
-    p.add_argument("--workers", type=int, nargs="*", default=None, help="pool sizes (default: the core count)")
+    p.add_argument("--workers", type=int, nargs="*", default=None, help="pool sizes (default: cores)")
     p.add_argument("--no-ray", action="store_true", help="skip the Ray executor")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -80,7 +81,8 @@ def main(argv=None) -> int:
 
         for job in jobs:  # untimed: every executor evaluates the same cached splats
             ec = EvalConfig(**job.eval_config)
-            ensure_trained(job.class_dir, None, ec.train_preset, ec.size, progress=False, **train_overrides(ec))
+            ensure_trained(job.class_dir, None, ec.train_preset, ec.size, progress=False,
+                           **train_overrides(ec))
         train_seconds = time.perf_counter() - t0
         results = []
         t0 = time.perf_counter()
@@ -92,7 +94,8 @@ def main(argv=None) -> int:
             pool = LocalPool(jobs, workers, worker_threads(workers, cores))
             records = [rec for _, rec in pool]
             pool.close()
-            results.append(_summary(f"pool-{workers}", time.perf_counter() - t0, min(workers, len(jobs)), records))
+            wall = time.perf_counter() - t0
+            results.append(_summary(f"pool-{workers}", wall, min(workers, len(jobs)), records))
             print(json.dumps(results[-1]), flush=True)
         if not args.no_ray:
             try:

@@ -32,7 +32,7 @@ COMMANDS: dict[str, str] = {
 _HELP = {
     "demo": "make the default data if absent, train, detect and evaluate one class (--all for every class)",
     "detect": "pose, anomaly map, score and decision for your own images, from a run folder",
-    "evaluate": "the MAD-style evaluation of whole classes, with baselines and a report folder (--pose: poses)",
+    "evaluate": "the MAD-style evaluation of whole classes, baselines, a report folder (--pose: poses only)",
     "sweep": "a grid of classes x settings from a YAML/TOML file: local process pool, or Ray (--ray)",
     "data check": "validate a MAD-layout folder and print a per-class summary",
     "data make": "generate a MAD-style dataset from LEGO parts or any mesh",

@@ -1,6 +1,7 @@
 """The MAD-style evaluation of whole classes: train where needed, calibrate, detect, score, baselines.
 
-Shared by ``splatlab demo``, ``splatlab evaluate`` (``benchmarks/detect.py``) and ``splatlab sweep``. Per class:
+Shared by ``splatlab demo``, ``splatlab evaluate`` (``benchmarks/detect.py``) and ``splatlab sweep``.
+Per class:
 
 1. splats of the good object (``ensure_trained``; runs are cached under ``runs/``);
 2. a decision threshold from held-out good training views only (never test statistics);
@@ -56,7 +57,7 @@ class EvalConfig:
 
 
 def train_overrides(config: EvalConfig, device=None) -> dict[str, object]:
-    """The ``TrainConfig`` fields ``config.iterations`` changes in the training preset (for ensure_trained)."""
+    """The ``TrainConfig`` fields ``config.iterations`` changes in the preset (for ``ensure_trained``)."""
     from splatlab.train import TrainConfig, default_config
 
     if config.iterations is None:

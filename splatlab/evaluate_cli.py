@@ -88,7 +88,8 @@ def evaluate_cli(
         compare: Anomaly maps also scored on the same poses and references.
         appearance: Photometric alignment of the reference to the query: none, gain or affine.
         presmooth: Blur σ (px at 224²) of both images before the map; 0: none.
-        calibration: Threshold from held-out good views through the pose pipeline, at their known pose, or none.
+        calibration: Threshold from held-out good views through the pose pipeline, at their known pose,
+            or none.
         calib_every: Calibrate on every n-th training view (8 = training's eval split).
         baselines: Also run the coarse-only, nearest-view and memory-bank baselines.
         seed: Seed of the query selection.

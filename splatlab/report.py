@@ -265,14 +265,17 @@ def sweep_markdown(merged: Mapping) -> str:
         for s in merged["settings"]:
             per = merged["metrics"][s["name"]]
             cells = [_fmt(per.get(c, {}).get(key)) for c in classes]
-            lines.append(f"| {s['name']} | " + " | ".join(cells) + f" | **{_fmt(merged['means'][s['name']][key])}** |")
+            mean = _fmt(merged["means"][s["name"]][key])
+            lines.append(f"| {s['name']} | " + " | ".join(cells) + f" | **{mean}** |")
         lines.append("")
     lines += ["Percent; the mean is over the classes that finished (–: failed or not run).", ""]
     if merged["failed"]:
         lines += ["## Failed jobs", "", "| setting | class | error |", "|---|---|---|"]
-        lines += [f"| {f['setting']} | {f['class']} | {f['error'].replace('|', '/')} |" for f in merged["failed"]]
+        lines += [f"| {f['setting']} | {f['class']} | {f['error'].replace('|', '/')} |"
+                  for f in merged["failed"]]
         lines.append("")
-    seconds = [t["job_seconds"] for per in merged["timings"].values() for t in per.values() if t.get("job_seconds")]
+    seconds = [t["job_seconds"] for per in merged["timings"].values() for t in per.values()
+               if t.get("job_seconds")]
     if seconds:
         lines += [f"Seconds per job: mean {_fmt(_mean(seconds))}, total {_fmt(sum(seconds), 0)} "
                   "(the machine's load included).", ""]
@@ -291,10 +294,8 @@ def plot_sweep(merged: Mapping, metric: str = "image_auroc", ax=None):
 
     settings = merged["settings"]
     varying = merged["varying"]
-    numeric = len(varying) == 1 and all(
-        isinstance(s["values"].get(varying[0]), int | float) and not isinstance(s["values"].get(varying[0]), bool)
-        for s in settings
-    )
+    knob = [s["values"].get(varying[0]) for s in settings] if len(varying) == 1 else []
+    numeric = bool(knob) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in knob)
     if numeric:
         x = [float(s["values"][varying[0]]) for s in settings]
         xlabel = varying[0]
@@ -325,7 +326,7 @@ def _nan(x):
 
 
 def write_sweep_report(out_dir: str | os.PathLike, merged: Mapping, dpi: int = 110) -> Path:
-    """Write a sweep's ``README.md``, ``results.json`` and ``image_auroc.png`` into its folder, each atomically."""
+    """Write a sweep's ``README.md``, ``results.json`` and ``image_auroc.png`` in its folder, atomically."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)

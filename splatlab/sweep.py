@@ -30,234 +30,29 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tyro
 
+from splatlab.sweep_file import Sweep, eval_fields, load_sweep, parse_sweep, setting_name
+
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Job", "Sweep", "class_fingerprint", "expand", "load_records", "load_sweep", "parse_sweep", "run_job", "sweep",
+    "Job", "Sweep", "class_fingerprint", "expand", "load_records", "load_sweep", "parse_sweep", "run_job",
+    "sweep",
     "sweep_cli", "view_subset",
 ]
 
-# Settings of a job beyond EvalConfig's fields: what they mean is in the module docstring.
-EXTRA_SETTINGS: dict[str, Any] = {"view_fraction": 1.0, "look": "clean", "data_seed": 0}
-TOP_KEYS = ("name", "data", "classes", "base", "grid", "runs", "device")
 JOBS = "jobs"  # the folder of DIR that holds one JSON per finished or failed job
 KEY_VERSION = 1  # bump when a job's numbers change meaning, so old results are not reused
-
-
-def _eval_fields() -> dict[str, dataclasses.Field]:
-    from splatlab.evaluate import EvalConfig
-
-    return {f.name: f for f in dataclasses.fields(EvalConfig)}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The sweep file
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """A parsed, validated sweep file."""
-
-    name: str  # title of the report
-    data: Path | None  # a dataset folder, or None: generated LEGO-MAD (look, data_seed, size per setting)
-    classes: tuple[str, ...]  # class names; () = every class of the dataset
-    settings: tuple[dict[str, Any], ...]  # per setting, every knob (EvalConfig fields + EXTRA_SETTINGS)
-    varying: tuple[str, ...]  # the knobs that differ between settings, in grid order
-    runs: Path | None = None  # the run cache; None = splatlab.run.default_run_root()
-    device: str | None = None  # "cpu", "cuda" (or "cuda:N"); None = the CPU
-    source: str = ""  # the file it came from, for messages
-    raw: dict = field(default_factory=dict, compare=False)  # the file's content as read
-
-
-def _read_file(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: sweep file not found")
-    text = path.read_text()
-    suffix = path.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
-    elif suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: not valid TOML ({exc})") from exc
-    else:
-        raise ValueError(f"{path}: a sweep file is .yaml, .yml or .toml")
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a sweep file is a mapping (name, data, classes, base, grid)")
-    return data
-
-
-def _check_value(where: str, name: str, value: Any) -> Any:
-    """``value`` of setting ``name`` checked against its type and allowed names; ``where`` prefixes errors."""
-    def bad(what: str) -> ValueError:
-        return ValueError(f"{where}: {what}, got {value!r}")
-
-    fields = _eval_fields()
-    if name in EXTRA_SETTINGS:
-        default = EXTRA_SETTINGS[name]
-        kind = type(default).__name__
-    elif name in fields:
-        kind = str(fields[name].type)
-    else:
-        known = sorted([*fields, *EXTRA_SETTINGS])
-        raise ValueError(f"{where}: unknown setting; choose from {', '.join(known)}")
-    optional = "None" in kind
-    if value is None:
-        if optional:
-            return None
-        raise bad("must not be empty")
-    if kind.startswith("tuple"):
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise bad("expected a list of names")
-        value = tuple(value)
-    elif kind.startswith("bool"):
-        if not isinstance(value, bool):
-            raise bad("expected true or false")
-    elif kind.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("expected an integer")
-    elif kind.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad("expected a number")
-        value = float(value)
-    elif kind.startswith("str"):
-        if not isinstance(value, str):
-            raise bad("expected a name")
-    _check_name(where, name, value)
-    return value
-
-
-def _check_name(where: str, name: str, value: Any) -> None:
-    """Allowed values of the settings that name something (presets, maps, looks) or have a range."""
-    allowed: tuple | None = None
-    if name == "train_preset":
-        from splatlab.train import PRESETS as allowed
-    elif name == "pose_preset":
-        from splatlab.pose import PRESETS
-
-        allowed = tuple(PRESETS)
-    elif name == "method":
-        from splatlab.anomaly import METHODS as allowed
-    elif name == "compare_methods":
-        from splatlab.anomaly import METHODS
-
-        unknown = [v for v in value if v not in METHODS]
-        if unknown:
-            raise ValueError(f"{where}: unknown maps {unknown}; choose from {', '.join(METHODS)}")
-    elif name == "calibration":
-        allowed = ("pose", "gt_pose", "none")
-    elif name == "look":
-        from splatlab.data.make import LOOKS
-
-        allowed = tuple(LOOKS)
-    elif name == "view_fraction" and not 0.0 < value <= 1.0:
-        raise ValueError(f"{where}: a share of the training views in (0, 1], got {value!r}")
-    elif name in ("iterations", "max_queries", "size", "calib_every") and value is not None and value < 1:
-        raise ValueError(f"{where}: must be positive, got {value!r}")
-    if allowed is not None and value is not None and value not in allowed:
-        raise ValueError(f"{where}: unknown {value!r}; choose from {', '.join(allowed)}")
-
-
-def parse_sweep(raw: Mapping, source: str = "sweep") -> Sweep:
-    """Validate a sweep file's content; a problem raises ``ValueError`` naming ``source`` and the key."""
-    from splatlab.evaluate import EvalConfig
-
-    unknown = sorted(set(raw) - set(TOP_KEYS))
-    if unknown:
-        raise ValueError(f"{source}: {unknown[0]}: unknown key; a sweep file has {', '.join(TOP_KEYS)}")
-    name = raw.get("name", Path(source).stem)
-    if not isinstance(name, str):
-        raise ValueError(f"{source}: name: expected a title, got {name!r}")
-    data_raw = raw.get("data", {})
-    data: Path | None = None
-    generated: dict[str, Any] = {}
-    if isinstance(data_raw, str):
-        data = Path(data_raw).expanduser()
-        if not data.is_dir():
-            raise ValueError(f"{source}: data: {data} is not a folder")
-    elif isinstance(data_raw, dict):
-        renames = {"look": "look", "seed": "data_seed", "size": "size"}
-        for k, v in data_raw.items():
-            if k not in renames:
-                raise ValueError(f"{source}: data.{k}: unknown; generated data has look, seed and size")
-            generated[renames[k]] = _check_value(f"{source}: data.{k}", renames[k], v)
-    else:
-        raise ValueError(f"{source}: data: a dataset folder or {{look, seed, size}}, got {data_raw!r}")
-    classes = raw.get("classes", "all")
-    if classes == "all" or classes is None:
-        classes = ()
-    elif isinstance(classes, str):
-        classes = (classes,)
-    if not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes):
-        raise ValueError(f"{source}: classes: expected 'all' or a list of class names, got {classes!r}")
-    base_raw = raw.get("base", {}) or {}
-    if not isinstance(base_raw, dict):
-        raise ValueError(f"{source}: base: expected a mapping of settings, got {base_raw!r}")
-    grid_raw = raw.get("grid", {}) or {}
-    if not isinstance(grid_raw, dict):
-        raise ValueError(f"{source}: grid: expected a mapping of setting -> list of values, got {grid_raw!r}")
-    defaults = {f.name: f.default for f in dataclasses.fields(EvalConfig)} | EXTRA_SETTINGS
-    base = dict(defaults) | generated
-    for k, v in base_raw.items():
-        base[k] = _check_value(f"{source}: base.{k}", k, v)
-    axes: list[tuple[str, list]] = []
-    for k, values in grid_raw.items():
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"{source}: grid.{k}: expected a non-empty list of values, got {values!r}")
-        checked = [_check_value(f"{source}: grid.{k}[{i}]", k, v) for i, v in enumerate(values)]
-        if len({json.dumps(v) for v in checked}) != len(checked):
-            raise ValueError(f"{source}: grid.{k}: a value is listed twice: {values!r}")
-        axes.append((k, checked))
-    if data is not None:
-        for k in ("look", "data_seed"):
-            if k in base_raw or k in grid_raw:
-                where = "base" if k in base_raw else "grid"
-                raise ValueError(f"{source}: {where}.{k}: only for generated data (data: names a folder)")
-    settings = []
-    for combo in itertools.product(*[vals for _, vals in axes]):
-        settings.append(base | {k: v for (k, _), v in zip(axes, combo, strict=True)})
-    runs = raw.get("runs")
-    if runs is not None and not isinstance(runs, str):
-        raise ValueError(f"{source}: runs: expected a folder, got {runs!r}")
-    device = raw.get("device")
-    if device is not None and (not isinstance(device, str) or device.split(":")[0] not in ("cpu", "cuda")):
-        raise ValueError(f"{source}: device: expected cpu or cuda, got {device!r}")
-    return Sweep(
-        name=name, data=data, classes=tuple(classes), settings=tuple(settings),
-        varying=tuple(k for k, vals in axes if len(vals) > 1), runs=None if runs is None else Path(runs),
-        device=device, source=source, raw=dict(raw),
-    )
-
-
-def load_sweep(path: str | os.PathLike) -> Sweep:
-    """Read and validate a sweep file (YAML or TOML)."""
-    path = Path(path).expanduser()
-    return parse_sweep(_read_file(path), str(path))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -278,19 +73,6 @@ class Job:
     view_fraction: float  # share of the training views kept
     runs_root: str | None  # the run cache; None = the default
     device: str | None  # where to train and evaluate; None = the CPU
-
-
-def setting_name(setting: Mapping[str, Any], varying: tuple[str, ...]) -> str:
-    """A setting's name in the report: its varying knobs as ``k=v``, or ``"base"`` for a one-setting sweep."""
-    if not varying:
-        return "base"
-    return ", ".join(f"{k}={_short(setting[k])}" for k in varying)
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, tuple):
-        return "+".join(v) or "none"
-    return str(v)
 
 
 def class_fingerprint(class_dir: str | os.PathLike) -> str:
@@ -348,10 +130,11 @@ def _resolved_train_config(setting: Mapping[str, Any], device: str | None) -> di
     from splatlab.evaluate import EvalConfig, train_overrides
     from splatlab.train import TrainConfig, default_config
 
-    ec = EvalConfig(**{k: setting[k] for k in _eval_fields()})
+    ec = EvalConfig(**{k: setting[k] for k in eval_fields()})
     base = default_config(device) if ec.train_preset is None else TrainConfig.preset(ec.train_preset)
     config = dataclasses.replace(base, resolution=ec.size, **train_overrides(ec, device))
-    return {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_every", "log_every", "torch_threads")}
+    how = ("checkpoint_every", "log_every", "torch_threads")  # how a run goes, not what it makes
+    return {k: v for k, v in config.to_dict().items() if k not in how}
 
 
 def expand(spec: Sweep, out: str | os.PathLike) -> list[Job]:
@@ -377,7 +160,7 @@ def expand(spec: Sweep, out: str | os.PathLike) -> list[Job]:
         if not class_dirs:
             raise ValueError(f"{spec.source}: data: no class folders in {root}")
         train_config = _resolved_train_config(setting, spec.device)
-        eval_config = {k: setting[k] for k in _eval_fields()}
+        eval_config = {k: setting[k] for k in eval_fields()}
         for class_dir in class_dirs:
             class_dir = class_dir.resolve()
             if class_dir not in fingerprints:
@@ -458,7 +241,8 @@ def run_job(job: Job) -> dict:
         lock_name = hashlib.sha1(json.dumps([job.class_dir, job.train_config]).encode()).hexdigest()[:16]
         t_train = time.perf_counter()
         with _lock(runs_root / ".locks" / f"{lock_name}.lock"):
-            run_dir = ensure_trained(job.class_dir, runs_root, config.train_preset, config.size, device=job.device,
+            run_dir = ensure_trained(job.class_dir, runs_root, config.train_preset, config.size,
+                                     device=job.device,
                            progress=False, **train_overrides(config, job.device))
         t_train = time.perf_counter() - t_train  # includes waiting for another job training the same splats
         metrics, runs = evaluate_class(job.class_dir, config, runs_root, progress=False, device=job.device)
@@ -566,7 +350,8 @@ def merge(spec: Sweep, jobs: list[Job], records: Mapping[str, dict]) -> dict:
         return sum(xs) / len(xs) if xs else None
 
     means = {
-        s: {m: mean(row[m] for row in per.values()) for m in ("image_auroc", "pixel_auroc", "aupro", "pose_auc5")}
+        s: {m: mean(row[m] for row in per.values()) for m in ("image_auroc", "pixel_auroc", "aupro",
+                                                               "pose_auc5")}
         | {"n_classes": len(per)}
         for s, per in metrics.items()
     }
@@ -618,7 +403,8 @@ def sweep(
     jobs = expand(spec, out)
     records = read_records(out, jobs)
     todo = [j for j in jobs if records.get(j.key, {}).get("status") != "ok"]
-    log.info("%s: %d jobs, %d finished before, %d to run", spec.name, len(jobs), len(jobs) - len(todo), len(todo))
+    log.info("%s: %d jobs, %d finished before, %d to run", spec.name, len(jobs), len(jobs) - len(todo),
+             len(todo))
     write_json(out / "sweep.json", {"file": spec.source, "sweep": spec.raw,
                                     "jobs": [dataclasses.asdict(j) for j in jobs]}, default=str)
     gpus = _gpu_count(spec.device)
@@ -647,7 +433,7 @@ def sweep(
             bar.update(1)
             bar.set_postfix(running=results.running, failed=failed)
     except KeyboardInterrupt:
-        log.warning("interrupted: %d jobs finished now, the jobs in flight are lost; rerun to resume", executed)
+        log.warning("interrupted: %d jobs finished now, those in flight are lost; rerun to resume", executed)
         write_sweep_report(out, merge(spec, jobs, records) | {"executed": executed, "interrupted": True})
         raise
     finally:
@@ -699,7 +485,8 @@ def sweep_cli(
     merged = sweep(Path(file), out, ray=ray, workers=workers, threads=threads, progress=progress)
     print((Path(out) / "README.md").read_text())
     jobs = merged["jobs"]
-    print(f"{jobs['ok']} of {jobs['total']} jobs finished ({merged['executed']} now), {jobs['failed']} failed; "
+    print(f"{jobs['ok']} of {jobs['total']} jobs finished ({merged['executed']} now), "
+          f"{jobs['failed']} failed; "
           f"report: {Path(out) / 'README.md'}")
     if json:
         print(jsonlib.dumps(merged))

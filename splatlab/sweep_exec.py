@@ -1,4 +1,6 @@
-"""The executors of ``splatlab sweep``: a local process pool, or Ray tasks. Both run :func:`splatlab.sweep.run_job`.
+"""The executors of ``splatlab sweep``: a local process pool or Ray tasks, both running the same job function.
+
+The job function is :func:`splatlab.sweep.run_job`.
 
 Each is an iterator of ``(job, record)`` in the order jobs finish, with ``running`` (jobs in flight now) and
 ``close()`` (stop: jobs not started are dropped, jobs in flight are killed; a rerun starts them again).
@@ -58,7 +60,8 @@ class LocalPool:
             workers = min(workers, gpus)
         self.workers = workers
         self._pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(thread_env(threads), queue)
+            max_workers=workers, mp_context=ctx, initializer=_init_worker,
+            initargs=(thread_env(threads), queue),
         )
         self._futures = {self._pool.submit(_run, job): job for job in jobs}
         self._left = len(jobs)

@@ -73,7 +73,8 @@ def test_toml_and_yaml_give_the_same_jobs_and_keys_follow_the_config(tmp_path, t
     (tmp_path / "s.toml").write_text(toml_text)
     a, b = expand(load_sweep(yaml_file), tmp_path), expand(load_sweep(tmp_path / "s.toml"), tmp_path)
     assert [j.key for j in a] == [j.key for j in b] and len(a) == 4
-    assert [(j.setting, j.class_name) for j in a][:2] == [("method=cosine", "01Cat"), ("method=cosine", "02Puppy")]
+    order = [(j.setting, j.class_name) for j in a][:2]
+    assert order == [("method=cosine", "01Cat"), ("method=cosine", "02Puppy")]
     other = expand(parse_sweep({"data": str(two_classes), "base": BASE | {"iterations": 41}}), tmp_path)
     assert not {j.key for j in other} & {j.key for j in a}  # another training length: other jobs
 
