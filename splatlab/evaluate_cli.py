@@ -15,7 +15,7 @@ import json as jsonlib
 import logging
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
@@ -47,7 +47,7 @@ def _json_default(x):
 
 
 def evaluate_cli(
-    data: tyro.conf.Positional[Path | None] = None,
+    data: tyro.conf.Positional[Annotated[Path | None, tyro.conf.arg(metavar="DATA")]] = None,
     classes: tuple[str, ...] = (),
     out: Path = Path("reports/evaluate"),
     json: bool = False,

@@ -37,7 +37,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tyro
 
@@ -459,7 +459,7 @@ def _gpu_count(device: str | None) -> int:
 
 
 def sweep_cli(
-    file: tyro.conf.Positional[Path],
+    file: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="FILE")]],
     out: Path,
     ray: str | None = None,
     workers: int | None = None,
@@ -468,6 +468,8 @@ def sweep_cli(
     json: bool = False,
 ) -> int:
     """Run a sweep file's grid of classes × settings; finished jobs are kept and skipped on a rerun.
+
+    Exit code 0, or 1 when a job failed (its error is in the report), or 2 for a bad sweep file.
 
     Args:
         file: The sweep file (YAML or TOML): data, classes, base settings, grid.
