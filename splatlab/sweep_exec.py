@@ -97,7 +97,8 @@ class LocalPool:
 class RayTasks:
     """The jobs as Ray tasks; iterate for ``(job, record)`` as they finish."""
 
-    def __init__(self, jobs: list, address: str, threads: int, use_gpu: bool = False) -> None:
+    def __init__(self, jobs: list, address: str, threads: int, use_gpu: bool = False,
+                 runtime_env: dict | None = None) -> None:
         try:
             import ray
         except ImportError as exc:
@@ -110,10 +111,10 @@ class RayTasks:
             # "auto": join the local Ray of `ray start` if there is one, else start one for this sweep
             ray.init(address=None if address == "auto" else address, log_to_driver=False)
             self._started = True
-        env = {k: v for k, v in thread_env(threads).items()}
+        runtime_env = dict(runtime_env or {})  # e.g. a working_dir for a cluster; the thread caps are added
+        runtime_env["env_vars"] = dict(runtime_env.get("env_vars", {})) | thread_env(threads)
         task = ray.remote(_run).options(
-            num_cpus=threads, num_gpus=1 if use_gpu else 0, max_retries=0,
-            runtime_env={"env_vars": env},
+            num_cpus=threads, num_gpus=1 if use_gpu else 0, max_retries=0, runtime_env=runtime_env,
         )
         self._refs = {task.remote(job): job for job in jobs}
         self._threads = threads
