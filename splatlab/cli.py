@@ -21,8 +21,10 @@ import sys
 COMMANDS: dict[str, str] = {
     "demo": "splatlab.demo:demo_cli",
     "detect": "splatlab.detect_cli:detect_cli",
+    "evaluate": "splatlab.evaluate_cli:evaluate_cli",
     "data check": "splatlab.data.check:check_cli",
     "data make": "splatlab.data.make:make_cli",
+    "sweep": "splatlab.sweep:sweep_cli",
     "train": "splatlab.train:train_cli",
     "view": "splatlab.viz.viewer:view_cli",
 }
@@ -30,6 +32,8 @@ COMMANDS: dict[str, str] = {
 _HELP = {
     "demo": "make the default data if absent, train, detect and evaluate one class (--all for every class)",
     "detect": "pose, anomaly map, score and decision for your own images, from a run folder",
+    "evaluate": "the MAD-style evaluation of whole classes, baselines, a report folder (--pose: poses only)",
+    "sweep": "a grid of classes x settings from a YAML/TOML file: local process pool, or Ray (--ray)",
     "data check": "validate a MAD-layout folder and print a per-class summary",
     "data make": "generate a MAD-style dataset from LEGO parts or any mesh",
     "train": "train splats of the defect-free object from its posed training views",

@@ -1,6 +1,7 @@
 """The MAD-style evaluation of whole classes: train where needed, calibrate, detect, score, baselines.
 
-Shared by ``splatlab demo`` and ``benchmarks/detect.py``. Per class:
+Shared by ``splatlab demo``, ``splatlab evaluate`` (``benchmarks/detect.py``) and ``splatlab sweep``.
+Per class:
 
 1. splats of the good object (``ensure_trained``; runs are cached under ``runs/``);
 2. a decision threshold from held-out good training views only (never test statistics);
@@ -34,6 +35,9 @@ MODES = {"full": "full", "coarse_only": "coarse", "nearest_view": "nearest"}
 class EvalConfig:
     size: int = 128  # image size the classes are loaded and trained at
     train_preset: str | None = "cpu"  # "cpu", "gpu" or "fast"; None: by device and SPLATLAB_FAST
+    # training steps; None: the preset's. The preset's schedule (densification, SH steps) is stretched
+    # along (TrainConfig.with_iterations), and the changed fields go into the run folder's name
+    iterations: int | None = None
     # pose preset: "cpu", "gpu", "splatpose" (the paper's) or "fast"; None: splatlab.pose.default_preset
     # ("cpu" here: the evaluation runs on the CPU), as load_detector and `splatlab detect`
     pose_preset: str | None = None
@@ -50,6 +54,19 @@ class EvalConfig:
     max_queries: int | None = None  # test images per class, spread over defect types; None = all
     baselines: bool = True  # also run the coarse-only, nearest-view and memory-bank baselines
     seed: int = 0  # seed of the query selection
+
+
+def train_overrides(config: EvalConfig, device=None) -> dict[str, object]:
+    """The ``TrainConfig`` fields ``config.iterations`` changes in the preset (for ``ensure_trained``)."""
+    from splatlab.train import TrainConfig, default_config
+
+    if config.iterations is None:
+        return {}
+    if config.iterations < 1:
+        raise ValueError(f"iterations: must be positive, got {config.iterations}")
+    base = default_config(device) if config.train_preset is None else TrainConfig.preset(config.train_preset)
+    stretched = base.with_iterations(config.iterations).to_dict()
+    return {k: v for k, v in stretched.items() if v != base.to_dict()[k]}
 
 
 def _mean(xs) -> float:
@@ -80,6 +97,7 @@ def evaluate_class(
     config: EvalConfig = EvalConfig(),
     runs_root: str | Path | None = None,
     progress: bool = True,
+    device=None,
 ) -> tuple[dict[str, dict], dict[str, object]]:
     """Evaluate one class folder.
 
@@ -88,6 +106,7 @@ def evaluate_class(
         config: What to run.
         runs_root: Where trained runs are cached; ``runs/`` by default.
         progress: Show progress bars.
+        device: Where to train, render and score; None means the CPU.
 
     Returns:
         ``(metrics, runs)``: per method key ("full", "coarse_only", ...) a metric dict and a
@@ -103,15 +122,17 @@ def evaluate_class(
     class_dir = Path(class_dir)
     name = class_dir.name
     t0 = time.perf_counter()
-    run_dir = ensure_trained(class_dir, runs_root, config.train_preset, config.size, progress=progress)
+    run_dir = ensure_trained(class_dir, runs_root, config.train_preset, config.size, device=device,
+                             progress=progress, **train_overrides(config, device))
     t_train = time.perf_counter() - t0
     mc = load_mad_class(class_dir, size=config.size)
     model = DetectorModel.from_run(
         run_dir,
         mc.train,
-        pose_config=pose_config(config.pose_preset or default_preset()),
+        pose_config=pose_config(config.pose_preset or default_preset(device)),
         anomaly=AnomalyConfig(method=config.method, appearance=config.appearance, presmooth=config.presmooth),
         calibration_source=None if config.calibration == "none" else config.calibration,
+        device=device,
     )
     t0 = time.perf_counter()
     if config.calibration != "none" and model.calibration is None:
@@ -200,13 +221,14 @@ def evaluate(
     config: EvalConfig = EvalConfig(),
     runs_root: str | Path | None = None,
     progress: bool = True,
+    device=None,
 ) -> tuple[dict, dict[str, dict[str, object]]]:
     """Evaluate several classes; returns the summary and, per class, the runs (for reports)."""
     if not class_dirs:
         raise ValueError("class_dirs is empty: nothing to evaluate")
     per_class, runs = [], {}
     for class_dir in class_dirs:
-        metrics, runs[Path(class_dir).name] = evaluate_class(class_dir, config, runs_root, progress)
+        metrics, runs[Path(class_dir).name] = evaluate_class(class_dir, config, runs_root, progress, device)
         per_class.append(metrics)
         full = metrics["full"]
         log.info(
@@ -218,3 +240,144 @@ def evaluate(
             full["seconds_per_query"],
         )
     return summarize(per_class, config), runs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pose estimation alone (benchmarks/pose.py, `splatlab evaluate --pose`)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def pose_queries(class_dir: str | Path, size: int, heldout: int, train_views):
+    """Test images with their true viewmats, plus (optionally) every ``heldout``-th training view.
+
+    Returns:
+        ``(images [Q, H, W, 3], viewmats [Q, 4, 4], excludes [Q], names [Q])``; a held-out training view
+        excludes itself from retrieval.
+    """
+    from splatlab.data import load_mad_class, load_test_poses
+
+    class_dir = Path(class_dir)
+    cls = load_mad_class(class_dir, size=size)
+    poses = load_test_poses(class_dir, size=size)
+    by_path = {p: i for i, p in enumerate(poses.paths)}
+    images, gts, excludes, names = [], [], [], []
+    for sample in cls.test:
+        rel = sample.path.relative_to(class_dir).as_posix()
+        if rel not in by_path:
+            raise ValueError(f"{class_dir / 'test_poses.json'}: has no pose for {rel}")
+        images.append(sample.image)
+        gts.append(poses.cameras.viewmats[by_path[rel]])
+        excludes.append(None)
+        names.append(rel)
+    if heldout:
+        for i in range(0, len(train_views.images), heldout):
+            images.append(train_views.images[i])
+            gts.append(train_views.cameras.viewmats[i])
+            excludes.append([i])
+            names.append(f"train/{i}")
+    return torch.stack(images), torch.stack(gts), excludes, names
+
+
+def evaluate_pose_class(
+    class_dir: str | Path,
+    pose_config,
+    config: EvalConfig = EvalConfig(),
+    runs_root: str | Path | None = None,
+    heldout: int = 0,
+    device=None,
+) -> dict:
+    """Pose accuracy and speed of one class: coarse retrieval, hypotheses and refinement of every query.
+
+    Args:
+        class_dir: A MAD-layout class folder with ``test_poses.json`` (read for the errors only).
+        pose_config: A :class:`splatlab.pose.PoseConfig`; its ``eps2d`` is replaced by the run's.
+        config: Image size, training preset and iterations of the splats, and ``max_queries`` (the first
+            queries, not a spread: the order of the test folders).
+        runs_root: Where trained runs are cached; ``runs/`` by default.
+        heldout: Also query every n-th training view, its own view excluded from retrieval (0 = none).
+        device: Where to train and render; None means the CPU.
+
+    Returns:
+        AUC at 5/10/20° (percent), median rotation (degrees) and translation errors (world units), wall
+        and CPU seconds per query, the worst query. One warm-up estimate (Numba compilation) is not timed.
+    """
+    import dataclasses
+
+    from splatlab.data import load_mad_class
+    from splatlab.pose import estimate_pose
+    from splatlab.pose_eval import evaluate_poses
+    from splatlab.retrieval import Retriever
+    from splatlab.run import ensure_trained, run_eps2d
+    from splatlab.splats import load_ply
+
+    class_dir = Path(class_dir)
+    run = ensure_trained(class_dir, runs_root, config.train_preset, config.size, device=device,
+                         progress=False, **train_overrides(config, device))
+    splats = load_ply(run / "splats.ply", device=device)
+    pose_config = dataclasses.replace(pose_config, eps2d=run_eps2d(run))  # render the splats as trained
+    train_views = load_mad_class(class_dir, size=config.size).train
+    retriever = Retriever.build(train_views.images, train_views.cameras, pose_config.method, cache_dir=run,
+                                device=device)
+    images, gts, excludes, names = pose_queries(class_dir, config.size, heldout, train_views)
+    if config.max_queries:
+        n = config.max_queries
+        images, gts, excludes, names = images[:n], gts[:n], excludes[:n], names[:n]
+    warm = dataclasses.replace(pose_config, steps=2, short_steps=1, pyramid_scales=(), pyramid_steps=())
+    estimate_pose(images[0], splats, retriever, warm, device)
+    cpu0 = time.process_time()
+    ev = evaluate_poses(
+        splats, retriever, images, gts, pose_config, device, exclude=excludes, names=names, keep_results=True
+    )
+    cpu_seconds = time.process_time() - cpu0
+    s = ev.summary()
+    done = [r for r in ev.results if r is not None]
+    stages = sorted({k for r in done for k in r.timings})
+    ev.results = None  # the histories are not needed any more
+    worst = int(torch.argmax(ev.rot_deg))
+    return {
+        "name": class_dir.name,
+        "auc5": round(s["auc5"], 2),
+        "auc10": round(s["auc10"], 2),
+        "auc20": round(s["auc20"], 2),
+        "median_rot_deg": round(s["median_rot_deg"], 3),
+        "median_trans": round(s["median_trans"], 4),
+        "seconds_per_query": round(s["seconds_per_query"], 3),
+        "cpu_seconds_per_query": round(cpu_seconds / len(images), 3),
+        "n_queries": s["n"],
+        "failures_10deg": int((ev.rot_deg > 10).sum()),
+        "seconds_by_stage": {k: round(_mean(r.timings.get(k, 0.0) for r in done), 3) for k in stages},
+        "pnp_fallbacks": sum(r.fallback_reason is not None for r in done),
+        "diverged": s["diverged"],
+        "worst": {"query": names[worst], "rot_deg": round(float(ev.rot_deg[worst]), 2)},
+    }
+
+
+def summarize_poses(rows: list[dict], pose_config, config: EvalConfig) -> dict:
+    """The pose summary of several classes (means of the per-class AUCs and seconds), with the settings."""
+    import dataclasses
+
+    return {
+        "classes": rows,
+        "mean_auc5": round(_mean(r["auc5"] for r in rows), 2),
+        "mean_auc10": round(_mean(r["auc10"] for r in rows), 2),
+        "mean_auc20": round(_mean(r["auc20"] for r in rows), 2),
+        "failures_10deg": sum(r["failures_10deg"] for r in rows),
+        "mean_seconds_per_query": round(
+            sum(r["seconds_per_query"] * r["n_queries"] for r in rows) / sum(r["n_queries"] for r in rows), 3
+        ),
+        "config": dataclasses.asdict(pose_config),
+        "train_preset": config.train_preset,
+        "iterations": config.iterations,
+        "size": config.size,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def pose_row_text(r: dict) -> str:
+    """One class's pose results as a line of text."""
+    return (
+        f"{r['name']:<10} AUC@5 {r['auc5']:6.2f}  @10 {r['auc10']:6.2f}  @20 {r['auc20']:6.2f}  "
+        f"median {r['median_rot_deg']:.3f}° {r['median_trans']:.4f}  {r['seconds_per_query']:.2f} s/query "
+        f"{r['seconds_by_stage']}  >10°: {r['failures_10deg']}  worst {r['worst']['query']} {r['worst']['rot_deg']}°"
+    )

@@ -236,4 +236,119 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-__all__ = ["METHOD_TITLES", "markdown_report", "write_report"]
+# ----------------------------------------------------------------------------------------------------------
+# The merged report of a sweep (splatlab.sweep)
+# ----------------------------------------------------------------------------------------------------------
+
+SWEEP_METRICS = {
+    "image_auroc": "image AUROC",
+    "pixel_auroc": "pixel AUROC",
+    "aupro": "AUPRO@0.3",
+    "pose_auc5": "pose AUC@5°",
+}
+
+
+def sweep_markdown(merged: Mapping) -> str:
+    """The README of a sweep folder: per metric a table of settings × classes with the mean over classes."""
+    classes = merged["classes"]
+    jobs = merged["jobs"]
+    lines = [f"# Sweep: {merged['name']}", "", f"From `{merged['file']}`: {jobs['total']} jobs, {jobs['ok']} "
+             f"finished, {jobs['failed']} failed, {jobs['missing']} not run."]
+    if merged.get("interrupted"):
+        lines[-1] += " **Interrupted**: rerun the same command to run the rest."
+    lines.append("")
+    for key, title in SWEEP_METRICS.items():
+        if not any(row.get(key) is not None for per in merged["metrics"].values() for row in per.values()):
+            continue
+        lines += [f"## {title}", "", "| setting | " + " | ".join(classes) + " | **mean** |",
+                  "|---|" + "---:|" * (len(classes) + 1)]
+        for s in merged["settings"]:
+            per = merged["metrics"][s["name"]]
+            cells = [_fmt(per.get(c, {}).get(key)) for c in classes]
+            mean = _fmt(merged["means"][s["name"]][key])
+            lines.append(f"| {s['name']} | " + " | ".join(cells) + f" | **{mean}** |")
+        lines.append("")
+    lines += ["Percent; the mean is over the classes that finished (–: failed or not run).", ""]
+    if merged["failed"]:
+        lines += ["## Failed jobs", "", "| setting | class | error |", "|---|---|---|"]
+        lines += [f"| {f['setting']} | {f['class']} | {f['error'].replace('|', '/')} |"
+                  for f in merged["failed"]]
+        lines.append("")
+    seconds = [t["job_seconds"] for per in merged["timings"].values() for t in per.values()
+               if t.get("job_seconds")]
+    if seconds:
+        lines += [f"Seconds per job: mean {_fmt(_mean(seconds))}, total {_fmt(sum(seconds), 0)} "
+                  "(the machine's load included).", ""]
+    if merged.get("figures"):
+        lines += [f"![{f}]({f})" for f in merged["figures"]] + [""]
+    return "\n".join(lines)
+
+
+def plot_sweep(merged: Mapping, metric: str = "image_auroc", ax=None):
+    """A metric per setting, one line per class and the mean in black.
+
+    With one varying numeric knob (e.g. ``view_fraction``) its value is the x axis; otherwise the settings
+    are placed side by side in the file's order. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    settings = merged["settings"]
+    varying = merged["varying"]
+    knob = [s["values"].get(varying[0]) for s in settings] if len(varying) == 1 else []
+    numeric = bool(knob) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in knob)
+    if numeric:
+        x = [float(s["values"][varying[0]]) for s in settings]
+        xlabel = varying[0]
+    else:
+        x = list(range(len(settings)))
+        xlabel = "setting"
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    else:
+        fig = ax.figure
+    for c in merged["classes"]:
+        y = [merged["metrics"][s["name"]].get(c, {}).get(metric) for s in settings]
+        y = [float("nan") if v is None else v for v in y]
+        ax.plot(x, y, "o-", lw=1, ms=3, alpha=0.8, label=c)
+    ax.plot(x, [_nan(merged["means"][s["name"]][metric]) for s in settings], "s-", color="k", lw=2.2,
+            label="mean")
+    if not numeric:
+        ax.set_xticks(x, [s["name"] for s in settings], rotation=20, ha="right", fontsize=7)
+    ax.set(xlabel=xlabel, ylabel=SWEEP_METRICS.get(metric, metric), title=merged["name"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def _nan(x):
+    return float("nan") if x is None else x
+
+
+def write_sweep_report(out_dir: str | os.PathLike, merged: Mapping, dpi: int = 110) -> Path:
+    """Write a sweep's ``README.md``, ``results.json`` and ``image_auroc.png`` in its folder, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from splatlab.atomic import open_atomic, write_json, write_text
+
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    if merged["jobs"]["ok"]:
+        fig = plot_sweep(merged)
+        with open_atomic(out / "image_auroc.png") as f:
+            fig.savefig(f, format="png", dpi=dpi)
+        plt.close(fig)
+        figures.append("image_auroc.png")
+    merged = dict(merged, figures=figures)
+    write_json(out / "results.json", merged, indent=1, default=_json_default)
+    write_text(out / "README.md", sweep_markdown(merged))
+    log.info("wrote sweep report %s", out / "README.md")
+    return out
+
+
+__all__ = ["METHOD_TITLES", "markdown_report", "plot_sweep", "sweep_markdown", "write_report",
+           "write_sweep_report"]

@@ -26,6 +26,12 @@ Thread counts
     that variable once torch is imported, so one torch thread, up to the largest size measured. An
     explicit ``num_threads`` wins for both. :func:`threads_for` applies the choice for a block and
     restores the previous counts afterwards.
+
+Processes that share the machine
+    ``splatlab sweep`` runs several jobs at once. :func:`worker_threads` gives each its share of the cores,
+    and :func:`thread_env` the environment that caps a fresh process at it. The cap has to be in place
+    before the process imports Numba and torch, which read it once: ``NUMBA_NUM_THREADS`` is then the
+    "every core" of :func:`thread_counts` in that process.
 """
 
 from __future__ import annotations
@@ -49,7 +55,9 @@ __all__ = [
     "thread_counts",
     "threads_for",
     "tbb_library",
+    "thread_env",
     "use_threads",
+    "worker_threads",
 ]
 
 log = logging.getLogger(__name__)
@@ -159,3 +167,29 @@ def use_threads(torch_threads: int, numba_threads: int) -> Iterator[None]:
 def threads_for(pixels: int, num_threads: int | None = None) -> contextlib.AbstractContextManager[None]:
     """The thread counts of :func:`thread_counts` for a block (restored afterwards)."""
     return use_threads(*thread_counts(pixels, num_threads))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it, else the CPU count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def worker_threads(workers: int, cores: int | None = None) -> int:
+    """Threads for each of ``workers`` processes running at once: an equal share of the cores, at least 1."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return max(1, (cores or usable_cores()) // workers)
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment variables that cap a new process at ``threads`` threads (torch, Numba, BLAS).
+
+    ``OMP_WAIT_POLICY=PASSIVE`` as the CLI sets it: torch's idle OpenMP threads do not spin.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    n = str(threads)
+    return {"NUMBA_NUM_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
+            "OMP_WAIT_POLICY": "PASSIVE"}

@@ -85,3 +85,17 @@ def test_without_tbb_the_fallback_is_workqueue_not_omp():
 
 def test_a_layer_chosen_by_the_user_is_kept():
     assert _layer_in_fresh_process("", "workqueue") == "workqueue"
+
+
+def test_workers_share_the_cores_and_the_env_caps_a_new_process():
+    import subprocess
+    import sys
+
+    from splatlab.threads import thread_env, worker_threads
+
+    assert worker_threads(2, cores=2) == 1 and worker_threads(3, cores=8) == 2
+    assert worker_threads(4, cores=2) == 1
+    env = dict(__import__("os").environ) | thread_env(1)
+    code = "import numba, torch; print(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]
