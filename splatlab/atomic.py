@@ -91,7 +91,7 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, defaul
 
 
 @contextlib.contextmanager
-def replace_dir(path: str | os.PathLike) -> Iterator[Path]:
+def replace_dir(path: str | os.PathLike, keep_existing: bool = False) -> Iterator[Path]:
     """A temporary folder beside ``path`` to fill; it becomes ``path`` when the block ends cleanly.
 
     An existing folder at ``path`` is moved aside, the new one renamed into place, then the old one
@@ -101,6 +101,8 @@ def replace_dir(path: str | os.PathLike) -> Iterator[Path]:
 
     Args:
         path: The folder to create or replace.
+        keep_existing: If a non-empty folder is at ``path`` when the block ends (another process made the
+            same thing meanwhile), keep it and discard this one instead of replacing it.
     """
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
@@ -110,6 +112,8 @@ def replace_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, dir_mode())
+        if keep_existing and out.is_dir() and any(out.iterdir()):
+            return
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

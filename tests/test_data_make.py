@@ -15,6 +15,7 @@ from skimage.morphology import convex_hull_image
 from test_data_mad import tree_hash
 
 from splatlab.atomic import dir_mode
+from splatlab.cli import main
 from splatlab.data import data_dir, default_dataset, load_mad_class, load_test_poses
 from splatlab.data.check import check_dataset
 from splatlab.data.make import MakeConfig, make_cli, make_dataset, render_view
@@ -121,8 +122,11 @@ def test_user_mesh_and_refusals(tmp_path, capsys):
     assert abs(float(c.train.images[0][24, 24, 0]) - 1.0) > 0.05  # the red box is in the middle
     # An existing non-empty output is refused and left alone.
     before = tree_hash(root)
-    assert make_cli(out=root, mesh=path, name="02Box", size=48) == 1
-    assert "already exists" in capsys.readouterr().out
+    args = ["--out", str(root), "--mesh", str(path), "--name", "02Box", "--size", "48"]
+    assert main(["data", "make", *args]) == 2
+    assert "splatlab data make: " in capsys.readouterr().err  # one line, the folder named
+    with pytest.raises(FileExistsError, match="already exists"):
+        make_cli(out=root, mesh=path, name="02Box", size=48)
     assert tree_hash(root) == before
     with pytest.raises(FileNotFoundError, match="nope.ply"):
         make_dataset(tmp_path / "x", cfg, meshes={"01X": tmp_path / "nope.ply"})

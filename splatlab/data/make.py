@@ -16,9 +16,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
-import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,7 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from splatlab.atomic import dir_mode
+from splatlab.atomic import replace_dir
 from splatlab.cameras import Cameras, intrinsics, look_at, ring_rig, spherical_eye, viewmat_to_opengl_c2w
 from splatlab.data.defect_geometry import defective_mesh, geometry_mask
 from splatlab.data.defects import DEFECT_TYPES, DefectConfig, apply_defect, sample_defect
@@ -159,9 +156,8 @@ def default_dataset(size: int = 128, seed: int = 0, look: str = "clean") -> Path
         wanted = json.loads(json.dumps(asdict(cfg)))
         if made.is_file() and json.loads(made.read_text()).get("config") == wanted:
             return out
-        stale = out.with_name(f"{out.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-        log.warning("%s was made with other settings; moving it to %s and making it again", out, stale)
-        os.rename(out, stale)
+        log.warning("%s was made with other settings; making it again (it is replaced when done)", out)
+        return make_dataset(out, cfg, replace=True)
     make_dataset(out, cfg)
     return out
 
@@ -395,7 +391,7 @@ def make_class(mesh: ColoredMesh, name: str, out_dir: Path, cfg: MakeConfig, sou
                 _save_png(cdir / "ground_truth" / kind / f"{k}_mask.png", mask.astype(np.uint8) * 255)
                 break
         else:
-            raise RuntimeError(
+            raise ValueError(
                 f"{name}: no visible {kind} defect after {cfg.defects.max_tries} tries; "
                 "loosen defects.min_mask_fraction or enlarge defects.radius_range"
             )
@@ -448,8 +444,9 @@ def make_dataset(
     classes: list[str] | None = None,
     meshes: dict[str, Path] | None = None,
     up: str = "auto",
+    replace: bool = False,
 ) -> Path:
-    """Generate a dataset at ``out`` (which must not exist yet), atomically.
+    """Generate a dataset at ``out`` (which must not exist yet, unless ``replace``), atomically.
 
     Args:
         out: The dataset root to create.
@@ -457,12 +454,13 @@ def make_dataset(
         classes: Shipped class names to make (all when None and no ``meshes`` are given).
         meshes: Extra classes from user meshes, ``{name: mesh file}``.
         up: Up axis of user meshes: "z", "y" or "auto" (y for glTF, z otherwise).
+        replace: Replace a dataset already at ``out`` (a stale cache) once the new one is complete.
 
     Returns:
         ``out``.
     """
     out = Path(out).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if not replace and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: already exists and is not empty; choose another --out")
     todo: list[tuple[str, Path, str, str]] = []  # name, mesh, up axis, attribution
     if classes or not meshes:
@@ -476,9 +474,8 @@ def make_dataset(
         path = Path(path)
         axis = ("y" if path.suffix.lower() in (".glb", ".gltf") else "z") if up == "auto" else up
         todo.append((name, path, axis, f"user mesh {path.name}"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    # written beside out and renamed into place; a copy another process finished first is kept
+    with replace_dir(out, keep_existing=not replace) as tmp:
         summaries = []
         for name, path, axis, source in todo:
             log.info("making class %s from %s", name, path)
@@ -486,19 +483,6 @@ def make_dataset(
         (tmp / "make_config.json").write_text(
             json.dumps({"config": asdict(cfg), "classes": summaries}, indent=1)
         )
-        os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700; a dataset is an ordinary folder
-        try:
-            if out.is_dir():
-                out.rmdir()  # empty, checked above
-            os.rename(tmp, out)
-        except OSError:
-            if out.is_dir() and any(out.iterdir()):  # another process finished first: keep theirs
-                log.info("%s appeared meanwhile; discarding this copy", out)
-            else:
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -534,21 +518,13 @@ def make_cli(
             light for the test views).
         spp: Path-traced samples per pixel of the "real" look (default 64).
     """
-    try:
-        cfg = look_config(
-            look,
-            size=size,
-            seed=seed,
-            supersample=supersample,
-            test_good=test_good,
-            test_per_defect=test_per_defect,
-        )
-        if spp is not None:
-            cfg = replace(cfg, realism=replace(cfg.realism, spp=spp))
-        root = make_dataset(out, cfg, list(classes) or None, {name: mesh} if mesh else None, up)
-    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"splatlab data make: {exc}")
-        return 1
+    cfg = look_config(
+        look, size=size, seed=seed, supersample=supersample, test_good=test_good,
+        test_per_defect=test_per_defect,
+    )
+    if spp is not None:
+        cfg = replace(cfg, realism=replace(cfg.realism, spp=spp))
+    root = make_dataset(out, cfg, list(classes) or None, {name: mesh} if mesh else None, up)
     print(f"wrote {root}")
     return 0
 
