@@ -98,7 +98,7 @@ def render(
         ``colors`` [C, H, W, D'] (D' = D, D+1 for RGB+ED, 1 for ED), ``alphas`` [C, H, W, 1] and ``meta``.
     """
     if not check:
-        colors, background = _unchecked(colors, viewmats, background)
+        colors, background = _unchecked(colors, means, viewmats, background)
     else:
         colors, background = _validate(
             means,
@@ -193,12 +193,16 @@ def render(
     return out_colors, out_alphas, meta
 
 
-def _unchecked(colors, viewmats, background):
+def _per_camera(background: Tensor, like: Tensor, C: int) -> Tensor:
+    """The background as [C, D], in the dtype and device of ``like``."""
+    background = background.to(like)
+    return background.expand(C, -1) if background.ndim == 1 else background
+
+
+def _unchecked(colors, means, viewmats, background):
     """What :func:`_validate` returns, without its checks: colours and a [C, D] background."""
     if background is not None:
-        background = background.to(colors)
-        if background.ndim == 1:
-            background = background.expand(viewmats.shape[0], -1)
+        background = _per_camera(background, means, viewmats.shape[0])
     return colors, background
 
 
@@ -305,9 +309,7 @@ def _validate(
     need(mode in ("RGB", "RGB+ED", "ED"), f"render_mode must be 'RGB', 'RGB+ED' or 'ED', got {mode!r}")
     if background is not None:
         need(torch.is_tensor(background), "background must be a tensor")
-        background = background.to(means)
-        if background.ndim == 1:
-            background = background.expand(C, -1)
+        background = _per_camera(background, means, C)
         need(
             background.shape == (C, D),
             f"background must be [D] or [C, D] with D={D}, got {tuple(background.shape)}",
