@@ -28,7 +28,7 @@ import torch
 def cache(args) -> None:
     from splatlab.cameras import Cameras, pose_error
     from splatlab.data import list_classes, load_mad_class, load_test_poses
-    from splatlab.detect import DetectorModel, select_queries
+    from splatlab.detect import DetectorModel, holdout_indices, select_queries
     from splatlab.pose import estimate_pose, pose_config
     from splatlab.query import prepare_query
     from splatlab.run import ensure_trained
@@ -76,6 +76,20 @@ def cache(args) -> None:
             rec["rot"].append(float(pose_error(vm.double(), gt[i].double())[0]))
             defects.append(s.defect)
         arrays = {k: np.asarray(v) for k, v in rec.items()}
+        # Held-out good training views (never trained on), rendered at their known poses: defect-free pairs
+        # that variants fitting something to good data (a per-class statistic) may use; test queries never.
+        ho = {"ho_query": [], "ho_render": [], "ho_alpha": []}
+        for i in holdout_indices(len(mc.train.images)):
+            cam = Cameras(mc.train.cameras.viewmats[i : i + 1].float(), cams.Ks[:1].float(), cams.width, cams.height)
+            with torch.no_grad():
+                img, alpha, _ = render_splats(
+                    model.splats, cam, background=bg, backend=model.pose_config.backend,
+                    eps2d=model.pose_config.eps2d,
+                )
+            ho["ho_query"].append(prepare_query(mc.train.images[i], model.height, model.width).numpy())
+            ho["ho_render"].append(img[0].clamp(0, 1).numpy())
+            ho["ho_alpha"].append(alpha[0].numpy())
+        arrays.update({k: np.asarray(v) for k, v in ho.items()})
         np.savez_compressed(dest, defects=np.array(defects), indices=np.array(idx), **arrays)
         logging.info(
             "%s: %d queries, median rotation error %.2f°, %.2f s/query", class_dir.name, len(idx),
@@ -93,7 +107,65 @@ def load_cache(folder: Path) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-EXTRAS = ("score", "rgb", "hl", "norm")  # study-only knobs beside AnomalyConfig's fields, see score_class
+EXTRAS = ("score", "rgb", "hl", "norm", "maha", "diag", "edge")  # study-only knobs beside AnomalyConfig's fields
+
+
+def _unit_features(q, r, cfg):
+    """Unit-length features of query and reference (aligned beforehand), as the cosine map compares them."""
+    import torch.nn.functional as F
+
+    from splatlab.anomaly import _blur_images, resize_images
+    from splatlab.features import get_extractor
+
+    S = cfg.size
+    q, r = resize_images(q, S).clamp(0, 1), resize_images(r, S).clamp(0, 1)
+    if cfg.presmooth:
+        q, r = _blur_images(q, cfg.presmooth), _blur_images(r, cfg.presmooth)
+    ext = get_extractor(cfg.stages, None)
+    with torch.no_grad():
+        f = ext(torch.cat([q, r]))[0]
+    B = q.shape[0]
+    return F.normalize(f[:B], dim=1), F.normalize(f[B:], dim=1)
+
+
+def fit_whitening(c, cfg, lam: float, diag: bool):
+    """W with ||W d||² the residual's Mahalanobis length, from held-out good pairs' object cells."""
+    import torch.nn.functional as F
+
+    from splatlab.appearance import align_render
+
+    q = torch.from_numpy(c["ho_query"]).float()
+    r = torch.from_numpy(c["ho_render"]).float()
+    a = torch.from_numpy(c["ho_alpha"]).float()
+    r = align_render(r, a, q, cfg.appearance, torch.ones(3)).clamp(0, 1)
+    nq, nr = _unit_features(q, r, cfg)
+    d = (nq - nr).permute(0, 2, 3, 1)  # [B, h, w, C]
+    obj = F.interpolate(a.permute(0, 3, 1, 2), size=d.shape[1:3], mode="bilinear")[:, 0] > 0.05
+    d = d[obj].double()  # [M, C]
+    C = d.shape[1]
+    cov = d.T @ d / len(d)
+    if diag:
+        cov = torch.diag(torch.diag(cov))
+    cov = (1 - lam) * cov + lam * torch.trace(cov) / C * torch.eye(C, dtype=cov.dtype)
+    evals, evecs = torch.linalg.eigh(cov)
+    scale = torch.trace(cov) / C  # keeps the cosine map's units: W = I for an isotropic residual
+    return (evecs @ torch.diag((scale / evals).sqrt()) @ evecs.T).float()
+
+
+def whitened_distance(nq, nr, W, shift: int):
+    """min over shifts of ||W (n_q − n_r(p + Δ))||² / 2 (the cosine distance when W = I). [B, h, w]"""
+    import torch.nn.functional as F
+
+    if shift:
+        nr = F.pad(nr, (shift,) * 4, mode="replicate")
+    h, w = nq.shape[-2:]
+    best = None
+    for dy in range(2 * shift + 1):
+        for dx in range(2 * shift + 1):
+            d = nq - nr[:, :, dy : dy + h, dx : dx + w]
+            m = (torch.einsum("dc,bchw->bdhw", W, d) ** 2).sum(1) / 2
+            best = m if best is None else torch.minimum(best, m)
+    return best
 
 
 def score_class(c: dict[str, np.ndarray], spec: dict, pixel: bool = False) -> dict:
@@ -127,13 +199,28 @@ def score_class(c: dict[str, np.ndarray], spec: dict, pixel: bool = False) -> di
     r = align_render(r, a, q, cfg.appearance, torch.ones(3)).clamp(0, 1)
     S = cfg.size
     maps = []
+    W = fit_whitening(c, cfg, float(extra["maha"]), bool(extra.get("diag"))) if "maha" in extra else None
     for b in range(0, len(q), 16):
         qb, rb = q[b : b + 16], r[b : b + 16]
-        terms = anomaly_terms(qb, rb, cfg)
-        total = sum(terms.values())
+        if W is not None:
+            nq, nr = _unit_features(qb, rb, cfg)
+            d = whitened_distance(nq, nr, W, cfg.shift)[:, None]
+            total = F.interpolate(d, size=(S, S), mode="bilinear", align_corners=False)[:, 0]
+        else:
+            terms = anomaly_terms(qb, rb, cfg)
+            total = sum(terms.values())
         if extra.get("rgb"):
             rgb = anomaly_terms(qb, rb, AnomalyConfig(method="rgb", size=S, presmooth=cfg.presmooth))["rgb"]
             total = total + float(extra["rgb"]) * rgb
+        if extra.get("edge"):  # divide by 1 + edge · the render's gradient magnitude (after presmooth)
+            rs = resize_images(rb, S)
+            if cfg.presmooth:
+                rs = _blur_images(rs, cfg.presmooth)
+            lum = rs.mean(-1)
+            gy = F.pad(lum[:, 2:] - lum[:, :-2], (0, 0, 1, 1)) / 2
+            gx = F.pad(lum[:, :, 2:] - lum[:, :, :-2], (1, 1)) / 2
+            g = gaussian_blur((gx**2 + gy**2).sqrt(), 2.0)
+            total = total / (1 + float(extra["edge"]) * g / 0.02)
         if extra.get("hl"):
             qs, rs = resize_images(qb, S), resize_images(rb, S)
             if cfg.presmooth:

@@ -99,6 +99,11 @@ class AnomalyConfig:
     # "none" (SplatPose), "gain" or "affine" per colour channel; applied by splatlab.detect, which has the
     # render's alpha
     appearance: str = "affine"
+    # The map is divided by the splats' expected map at the query's pose (fitted on the class's good
+    # training views, splatlab.expected_error) plus this fraction of its mean: peaks the model makes on good
+    # views too (highlights, noisy texture) count less. Chosen on the realistic look's development split,
+    # see docs/realism.md; None compares without it (SplatPose). Applied by splatlab.detect (it has the pose)
+    error_floor: float | None = 0.25
 
     def __post_init__(self) -> None:
         from splatlab.appearance import APPEARANCES
@@ -115,6 +120,8 @@ class AnomalyConfig:
             raise ValueError(f"presmooth must be >= 0, got {self.presmooth}")
         if self.ssim_window < 3 or self.ssim_window % 2 == 0:
             raise ValueError(f"ssim_window must be odd and >= 3, got {self.ssim_window}")
+        if self.error_floor is not None and not (math.isfinite(self.error_floor) and self.error_floor > 0):
+            raise ValueError(f"error_floor must be a positive number or None, got {self.error_floor}")
         if self.shift < 0:
             raise ValueError(f"shift must be >= 0, got {self.shift}")
         if self.stages is None:  # frozen: resolve the method's default once, here
@@ -124,8 +131,9 @@ class AnomalyConfig:
     @classmethod
     def paper(cls, **overrides) -> AnomalyConfig:
         """SplatPose's recipe as the paper gives it: RGB + EfficientNet stages 1-4, blurred, σ = 4, with the
-        images compared as they are (no alignment, no blur before)."""
-        return cls(**{"method": "splatpose", "appearance": "none", "presmooth": 0.0, **overrides})
+        images compared as they are (no alignment, no blur before, no division by the expected error)."""
+        recipe = {"method": "splatpose", "appearance": "none", "presmooth": 0.0, "error_floor": None}
+        return cls(**{**recipe, **overrides})
 
     @property
     def uses_features(self) -> bool:

@@ -48,6 +48,14 @@ from splatlab.anomaly import (
     resize_map,
 )
 from splatlab.appearance import align_render
+from splatlab.expected_error import (
+    ExpectedError,
+    expected_error_path,
+    fit_expected_error,
+    fit_key,
+    normalize_map,
+    render_expected_error,
+)
 from splatlab.query import prepare_query, query_padding
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,8 @@ class DetectorModel:
         calibration: Normalisation and threshold from good views; None gives no yes/no decision.
         run_dir: The training run folder, where calibrations are saved.
         views: The training views the retriever indexes (what :meth:`calibrate` holds out), or None.
+        expected_error: The splats' expected-error field for ``anomaly`` (:mod:`splatlab.expected_error`);
+            None: :meth:`expected_error_field` loads or fits it when ``anomaly.error_floor`` asks for it.
     """
 
     splats: torch.nn.ParameterDict
@@ -87,6 +97,7 @@ class DetectorModel:
     calibration: Calibration | None = None
     run_dir: Path | None = None
     views: object | None = None
+    expected_error: ExpectedError | None = None
 
     @property
     def height(self) -> int:
@@ -171,6 +182,37 @@ class DetectorModel:
                     f"{model.calibration.method!r}, not {anomaly.method!r}"
                 )
         return model
+
+    def expected_error_field(self, progress: bool = True) -> ExpectedError:
+        """The expected-error field for this model's map settings: kept, loaded from the run folder, or
+        fitted on the training views (about a second per 2 views on a CPU at 128²) and saved there."""
+        if self.expected_error is not None and self.expected_error.key == fit_key(self.anomaly):
+            return self.expected_error
+        self.expected_error = None
+        path = None if self.run_dir is None else expected_error_path(self.run_dir, self.anomaly)
+        if path is not None and path.is_file():
+            try:
+                self.expected_error = ExpectedError.load(path)
+            except ValueError as exc:  # a broken cache: fitting again replaces it
+                log.warning("ignoring the saved expected error: %s", exc)
+        stale = self.expected_error is not None and (
+            len(self.expected_error.values) != len(self.splats["means"])
+            or self.expected_error.key != fit_key(self.anomaly)
+        )
+        if stale:
+            log.warning("%s does not belong to these splats and map settings: fitting again", path)
+            self.expected_error = None
+        if self.expected_error is None:
+            if self.views is None:
+                raise ValueError("anomaly.error_floor needs the training views: give the model its views")
+            self.expected_error = fit_expected_error(
+                self.splats, self.views, self.anomaly,
+                background=torch.tensor(self.pose_config.background, device=self.device),
+                eps2d=self.pose_config.eps2d, backend=self.pose_config.backend, progress=progress,
+            )
+            if path is not None:
+                self.expected_error.save(path)
+        return self.expected_error
 
     def calibration_path(self, source: str, mode: Mode = "full") -> Path:
         """The run folder's calibration file for this model's map and pose settings (and ``mode``)."""
@@ -358,6 +400,11 @@ def detect(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    cal = model.calibration
+    if cal is not None and cal.method != model.anomaly.method:
+        raise ValueError(
+            f"calibration was made for method {cal.method!r}, the model uses {model.anomaly.method!r}"
+        )
     raw_hw = tuple(np.shape(query)[:2])
     q = prepare_query(query, model.height, model.width, name)
     times = {"coarse": 0.0, "hypotheses": 0.0, "refine": 0.0, "render": 0.0, "score": 0.0}
@@ -388,16 +435,17 @@ def detect(
         times["render"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     amap = anomaly_map(q, reference, model.anomaly).cpu()
+    if model.anomaly.error_floor is not None:
+        cams = model.retriever.cameras
+        expected = model.expected_error_field()
+        emap = render_expected_error(model.splats, expected, vm, cams.Ks[0], cams.width, cams.height,
+                                     eps2d=model.pose_config.eps2d, backend=model.pose_config.backend)
+        amap = normalize_map(amap, emap.cpu(), expected, model.anomaly)
     score = float(image_score(amap))
     top, left, ph, pw = query_padding(*raw_hw, model.height, model.width)
     map_full = resize_map(amap, (ph, pw))[top : top + raw_hw[0], left : left + raw_hw[1]]
     times["score"] = time.perf_counter() - t0
     times["total"] = sum(times.values())
-    cal = model.calibration
-    if cal is not None and cal.method != model.anomaly.method:
-        raise ValueError(
-            f"calibration was made for method {cal.method!r}, the model uses {model.anomaly.method!r}"
-        )
     return Detection(
         q,
         reference,

@@ -49,6 +49,9 @@ class EvalConfig:
     # blur σ (px at 224²) of both images before it; chosen on the realistic look's development split
     appearance: str = AnomalyConfig.appearance
     presmooth: float = AnomalyConfig.presmooth
+    # the map divided by the splats' expected error plus this fraction of its mean (splatlab.expected_error);
+    # None: off. Chosen on the realistic look's development split
+    error_floor: float | None = AnomalyConfig.error_floor
     calibration: str = "pose"  # threshold from held-out views: "pose", "gt_pose" or "none"
     calib_every: int = 8  # calibrate on every n-th training view (8 = training's eval split)
     max_queries: int | None = None  # test images per class, spread over defect types; None = all
@@ -130,7 +133,8 @@ def evaluate_class(
         run_dir,
         mc.train,
         pose_config=pose_config(config.pose_preset or default_preset(device)),
-        anomaly=AnomalyConfig(method=config.method, appearance=config.appearance, presmooth=config.presmooth),
+        anomaly=AnomalyConfig(method=config.method, appearance=config.appearance, presmooth=config.presmooth,
+                              error_floor=config.error_floor),
         calibration_source=None if config.calibration == "none" else config.calibration,
         device=device,
     )

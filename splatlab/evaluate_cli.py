@@ -62,6 +62,7 @@ def evaluate_cli(
     compare: tuple[str, ...] = EvalConfig.compare_methods,
     appearance: str = EvalConfig.appearance,
     presmooth: float = EvalConfig.presmooth,
+    error_floor: float | None = EvalConfig.error_floor,
     calibration: Literal["pose", "gt_pose", "none"] = "pose",
     calib_every: int = EvalConfig.calib_every,
     baselines: bool = True,
@@ -88,6 +89,8 @@ def evaluate_cli(
         compare: Anomaly maps also scored on the same poses and references.
         appearance: Photometric alignment of the reference to the query: none, gain or affine.
         presmooth: Blur σ (px at 224²) of both images before the map; 0: none.
+        error_floor: Divide the map by the splats' expected error at the pose plus this fraction of its
+            mean (fitted on the training views); None: off.
         calibration: Threshold from held-out good views through the pose pipeline, at their known pose,
             or none.
         calib_every: Calibrate on every n-th training view (8 = training's eval split).
@@ -107,7 +110,7 @@ def evaluate_cli(
         size=size, train_preset=train_preset, iterations=iterations, pose_preset=pose_preset, method=method,
         compare_methods=tuple(c for c in compare if c != "none"), appearance=appearance, presmooth=presmooth,
         calibration=calibration, calib_every=calib_every, max_queries=max_queries, baselines=baselines,
-        seed=seed,
+        seed=seed, error_floor=error_floor,
     )
     if pose:
         return _evaluate_poses(root, class_dirs, config, runs, heldout, json, device)

@@ -1,0 +1,166 @@
+"""The splats' expected error: where the anomaly map of a *good* view is high, as a field on the Gaussians.
+
+A render of the good object differs from a photo of it even where nothing is wrong: highlights the splats
+draw too weakly or a little off, sensor and Monte Carlo noise on fine texture, silhouettes. On a realistic
+look these false peaks, not the defects, decide the image score. They sit on the same parts of the object
+from view to view (a glossy head, a printed stripe), so they can be learnt from defect-free data:
+
+1. each training view is compared with its own render (the view's known pose), giving a good map ``m_v``;
+2. every Gaussian collects the map where it is drawn, weighted by its blending weight ``w_i(p)``:
+   ``e_i = (Σ_v Σ_p w_i(p) m_v(p) + κ μ) / (Σ_v Σ_p w_i(p) + κ)``, with ``μ`` the mean of the maps over the
+   object and ``κ = 1`` a prior that keeps rarely seen Gaussians at ``μ``. Both sums are gradients of one
+   render with respect to the Gaussians' colours, so any differentiable backend computes them;
+3. at a query's pose the field is rendered like a colour (:func:`render_expected_error`) and the map is
+   divided by it: ``map / (E + floor · μ)`` (:func:`normalize_map`). The floor keeps parts the model
+   always gets right from turning noise into peaks.
+
+Only good training views are used, never test images; the field is fitted once per class and anomaly
+setting and kept in the run folder (:func:`expected_error_path`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from splatlab.anomaly import AnomalyConfig, anomaly_map, gaussian_blur, resize_map
+from splatlab.atomic import write_bytes
+
+log = logging.getLogger(__name__)
+
+PRIOR_WEIGHT = 1.0  # κ: pixels' worth of blending weight at the mean error given to every Gaussian
+
+
+@dataclass(frozen=True)
+class ExpectedError:
+    """Per-Gaussian expected anomaly-map value on good views, and its mean over the object."""
+
+    values: Tensor  # expected map value where each Gaussian is drawn. [N]
+    mean: float  # μ: mean map value over the object in the training views
+    key: str  # fit_key of the map settings it was fitted with
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temp file beside it, then rename)."""
+        buf = io.BytesIO()
+        torch.save({"values": self.values.detach().cpu(), "mean": float(self.mean), "key": self.key}, buf)
+        return write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ExpectedError:
+        path = Path(path)
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(d["values"].float(), float(d["mean"]), str(d["key"]))
+        except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
+            raise ValueError(f"{path}: not an expected-error file ({exc})") from exc
+
+
+def fit_key(anomaly: AnomalyConfig) -> str:
+    """A short hash of the map settings a field depends on (all but the floor, which does not change it)."""
+    fields = {k: v for k, v in dataclasses.asdict(anomaly).items() if k != "error_floor"}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def expected_error_path(run_dir: str | os.PathLike, anomaly: AnomalyConfig) -> Path:
+    """Where a run keeps the field fitted for these map settings."""
+    return Path(run_dir) / f"expected_error_{fit_key(anomaly)}.pt"
+
+
+def _render_colours(splats, colours: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int,
+                    eps2d: float, backend: str) -> tuple[Tensor, Tensor]:
+    """Render per-Gaussian values as colours on black. ([H, W, D], alpha [H, W])"""
+    from splatlab.render import render
+    from splatlab.splats import activated
+
+    p = {k: v.detach() for k, v in activated(splats).items()}
+    img, alpha, _ = render(
+        p["means"], p["quats"], p["scales"], p["opacities"], colours, viewmat[None], K[None], width, height,
+        background=torch.zeros(colours.shape[-1], device=colours.device), eps2d=eps2d, backend=backend,
+    )
+    return img[0], alpha[0, ..., 0]
+
+
+def fit_expected_error(
+    splats,
+    views,
+    anomaly: AnomalyConfig,
+    *,
+    background: Tensor,
+    eps2d: float,
+    backend: str = "auto",
+    progress: bool = True,
+) -> ExpectedError:
+    """Fit the field from the class's training views, each compared with its render at its own pose.
+
+    Args:
+        splats: The good object's splats.
+        views: The class's training views (:class:`splatlab.data.TrainViews`). [V]
+        anomaly: The map settings (``error_floor`` is not used here).
+        background: The render background. [3]
+        eps2d: The splats' 2D low-pass, as trained.
+        backend: Renderer backend.
+        progress: Show a progress bar.
+    """
+    from splatlab.appearance import align_render
+    from splatlab.cameras import Cameras
+    from splatlab.splats import render_splats
+
+    cams = views.cameras
+    dev = splats["means"].device
+    n = splats["means"].shape[0]
+    num = torch.zeros(n, device=dev)
+    den = torch.zeros(n, device=dev)
+    total = count = 0.0
+    for i in tqdm(range(len(views.images)), desc="expected error", disable=not progress, leave=False):
+        vm, K = cams.viewmats[i].to(dev, torch.float32), cams.Ks[i].to(dev, torch.float32)
+        with torch.no_grad():
+            img, alpha, _ = render_splats(splats, Cameras(vm[None], K[None], cams.width, cams.height),
+                                          background=background, backend=backend, eps2d=eps2d)
+            photo = views.images[i].to(dev, torch.float32)[None]
+            if anomaly.appearance != "none":
+                img = align_render(img, alpha, photo, anomaly.appearance, background)
+            good = resize_map(anomaly_map(photo, img.clamp(0, 1), anomaly)[0], (cams.height, cams.width))
+        obj = alpha[0, ..., 0] > 0.5
+        total += float(good[obj].sum())
+        count += float(obj.sum())
+        colours = torch.zeros(n, 2, device=dev, requires_grad=True)
+        out, _ = _render_colours(splats, colours, vm, K, cams.width, cams.height, eps2d, backend)
+        ((out[..., 0] * good).sum() + out[..., 1].sum()).backward()
+        num += colours.grad[:, 0]
+        den += colours.grad[:, 1]
+    mean = total / max(count, 1.0)
+    values = (num + PRIOR_WEIGHT * mean) / (den + PRIOR_WEIGHT)
+    log.info("expected error fitted on %d good views: mean %.4g over the object", len(views.images), mean)
+    return ExpectedError(values.detach(), mean, fit_key(anomaly))
+
+
+def render_expected_error(splats, expected: ExpectedError, viewmat: Tensor, K: Tensor, width: int,
+                          height: int, *, eps2d: float, backend: str = "auto") -> Tensor:
+    """The expected map at a pose: the field rendered like a colour, ``μ`` off the object. [H, W]"""
+    dev = splats["means"].device
+    colours = expected.values.to(dev)[:, None].contiguous()
+    with torch.no_grad():
+        vm, K = viewmat.to(dev, torch.float32), K.to(dev, torch.float32)
+        out, alpha = _render_colours(splats, colours, vm, K, width, height, eps2d, backend)
+    seen = alpha > 0.01
+    return torch.where(seen, out[..., 0] / alpha.clamp_min(0.01), torch.full_like(alpha, expected.mean))
+
+
+def normalize_map(
+    amap: Tensor, expected_map: Tensor, expected: ExpectedError, config: AnomalyConfig
+) -> Tensor:
+    """``map / (E + floor · μ)``, E resized to the map and blurred like it. [S, S] -> [S, S]"""
+    assert amap.ndim == 2 and expected_map.ndim == 2, (amap.shape, expected_map.shape)
+    e = gaussian_blur(resize_map(expected_map, tuple(amap.shape))[None], config.blur_sigma)[0]
+    return amap / (e.to(amap.device) + float(config.error_floor) * expected.mean)

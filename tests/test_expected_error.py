@@ -1,0 +1,120 @@
+"""The expected-error field: fitted where good views disagree with the splats, rendered at a pose, saved."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from splatlab.anomaly import AnomalyConfig
+from splatlab.cameras import Cameras, intrinsics, look_at, spherical_eye
+from splatlab.data import TrainViews
+from splatlab.detect import DetectorModel, detect
+from splatlab.expected_error import (
+    ExpectedError,
+    expected_error_path,
+    fit_expected_error,
+    fit_key,
+    normalize_map,
+    render_expected_error,
+)
+from splatlab.pose import PoseConfig
+from splatlab.splats import random_splats, render_splats, save_ply
+
+SIZE = 40
+ANOMALY = AnomalyConfig(
+    method="rgb", size=64, blur_sigma=2.0, presmooth=0.0, appearance="none", error_floor=None
+)
+POSE = PoseConfig(k=1, steps=4, backend="cpu")
+
+
+def _cameras(az, el) -> Cameras:
+    az, el = torch.as_tensor(az, dtype=torch.float32), torch.as_tensor(el, dtype=torch.float32)
+    eye = spherical_eye(az, el, torch.full_like(az, 4.0))
+    return Cameras(look_at(eye), intrinsics(1.1 * SIZE, SIZE, SIZE, n=len(az)), SIZE, SIZE)
+
+
+def _render(splats, cams: Cameras) -> torch.Tensor:
+    with torch.no_grad():
+        return render_splats(splats, cams, background=torch.ones(3), backend="cpu")[0].clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """Splats of a blob, and 'photos' of it in which the Gaussians with x > 0.3 are brighter: a part the
+    splats always get wrong, like a highlight they cannot draw."""
+    splats = random_splats(250, extent=0.7, init_opacity=0.9, init_scale=1.6, seed=3)
+    shiny = splats["means"][:, 0].detach() > 0.3
+    photo_splats = random_splats(250, extent=0.7, init_opacity=0.9, init_scale=1.6, seed=3)
+    with torch.no_grad():
+        photo_splats["sh0"][shiny] += 1.0
+    az = torch.arange(0.0, 360.0, 30.0)
+    el = torch.cat([torch.full_like(az, 15.0), torch.full_like(az, 40.0)])
+    cams = _cameras(torch.cat([az, az + 15.0]), el)
+    views = TrainViews(_render(photo_splats, cams), cams, [])
+    run = tmp_path_factory.mktemp("run")
+    save_ply(splats, run / "splats.ply")
+    return splats, photo_splats, shiny, views, run
+
+
+def _fit(splats, views, anomaly=ANOMALY):
+    return fit_expected_error(splats, views, anomaly, background=torch.ones(3), eps2d=0.3, backend="cpu",
+                              progress=False)
+
+
+def test_the_field_is_high_where_good_views_disagree(scene):
+    splats, _, shiny, views, _ = scene
+    field = _fit(splats, views)
+    assert field.values.shape == (250,) and field.mean > 0 and field.key == fit_key(ANOMALY)
+    assert float(field.values[shiny].mean()) > 3 * float(field.values[~shiny].mean())
+    # At a new pose the rendered field is high over the shiny part, the mean off the object.
+    cam = _cameras([100.0], [25.0])
+    e = render_expected_error(splats, field, cam.viewmats[0], cam.Ks[0], SIZE, SIZE, eps2d=0.3, backend="cpu")
+    assert e.shape == (SIZE, SIZE)
+    assert torch.allclose(e[0, 0], torch.tensor(field.mean))
+    with torch.no_grad():
+        _, alpha, _ = render_splats(splats, cam, background=torch.ones(3), backend="cpu")
+    assert float(e[alpha[0, ..., 0] > 0.9].max()) > 2 * float(e[alpha[0, ..., 0] > 0.9].min())
+
+
+def test_normalize_map_divides_by_the_blurred_field_plus_a_floor():
+    field = ExpectedError(torch.ones(3), 0.5, "k")
+    config = AnomalyConfig(blur_sigma=0.0, error_floor=1.0)
+    amap = torch.full((8, 8), 3.0)
+    out = normalize_map(amap, torch.full((4, 4), 1.0), field, config)
+    torch.testing.assert_close(out, torch.full((8, 8), 2.0))  # 3 / (1 + 1.0 * 0.5)
+    with pytest.raises(ValueError, match="error_floor"):
+        AnomalyConfig(error_floor=0.0)
+    assert AnomalyConfig.paper().error_floor is None
+
+
+def test_save_load_and_a_broken_file(tmp_path):
+    field = ExpectedError(torch.arange(4.0), 0.25, "abc")
+    path = field.save(tmp_path / "e.pt")
+    back = ExpectedError.load(path)
+    torch.testing.assert_close(back.values, field.values)
+    assert back.mean == 0.25 and back.key == "abc"
+    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="bad.pt"):
+        ExpectedError.load(tmp_path / "bad.pt")
+
+
+def test_detection_fits_once_keeps_it_and_discounts_the_known_nuisance(scene, monkeypatch):
+    splats, photo_splats, _, views, run = scene
+    anomaly = dataclasses.replace(ANOMALY, error_floor=0.25)
+    model = DetectorModel.from_run(run, views, pose_config=POSE, anomaly=anomaly, calibration_source=None)
+    cam = _cameras([100.0], [25.0])
+    good = _render(photo_splats, cam)[0]  # a good view: only the usual disagreement
+    bad = good.clone()
+    bad[30:34, 8:12] = torch.tensor([0.1, 0.9, 0.1])  # plus a defect on the left
+    plain = DetectorModel.from_run(run, views, pose_config=POSE, anomaly=ANOMALY, calibration_source=None)
+    vm = cam.viewmats[0]
+    ratio_plain = detect(bad, plain, viewmat=vm).score / detect(good, plain, viewmat=vm).score
+    ratio = detect(bad, model, viewmat=vm).score / detect(good, model, viewmat=vm).score
+    assert ratio > 1.2 * ratio_plain  # the defect stands out more against the discounted nuisance
+    assert expected_error_path(run, anomaly).is_file()
+    # A second model reads the saved field instead of fitting again.
+    monkeypatch.setattr("splatlab.detect.fit_expected_error", lambda *a, **k: pytest.fail("fitted again"))
+    again = DetectorModel.from_run(run, views, pose_config=POSE, anomaly=anomaly, calibration_source=None)
+    torch.testing.assert_close(again.expected_error_field().values, model.expected_error.values)
