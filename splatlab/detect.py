@@ -185,7 +185,7 @@ class DetectorModel:
 
     def expected_error_field(self, progress: bool = True) -> ExpectedError:
         """The expected-error field for this model's map settings: kept, loaded from the run folder, or
-        fitted on the training views (about a second per 2 views on a CPU at 128²) and saved there."""
+        fitted on the training views (not the held-out ones :meth:`calibrate` uses) and saved there."""
         if self.expected_error is not None and self.expected_error.key == fit_key(self.anomaly):
             return self.expected_error
         self.expected_error = None
@@ -205,8 +205,10 @@ class DetectorModel:
         if self.expected_error is None:
             if self.views is None:
                 raise ValueError("anomaly.error_floor needs the training views: give the model its views")
+            held_out = set(holdout_indices(len(self.views.images)))  # calibration's views stay unseen
             self.expected_error = fit_expected_error(
                 self.splats, self.views, self.anomaly,
+                indices=[i for i in range(len(self.views.images)) if i not in held_out],
                 background=torch.tensor(self.pose_config.background, device=self.device),
                 eps2d=self.pose_config.eps2d, backend=self.pose_config.backend, progress=progress,
             )

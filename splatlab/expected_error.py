@@ -99,6 +99,7 @@ def fit_expected_error(
     background: Tensor,
     eps2d: float,
     backend: str = "auto",
+    indices: list[int] | None = None,
     progress: bool = True,
 ) -> ExpectedError:
     """Fit the field from the class's training views, each compared with its render at its own pose.
@@ -110,6 +111,7 @@ def fit_expected_error(
         background: The render background. [3]
         eps2d: The splats' 2D low-pass, as trained.
         backend: Renderer backend.
+        indices: The views to fit on; None: all. [V']
         progress: Show a progress bar.
     """
     from splatlab.appearance import align_render
@@ -122,7 +124,8 @@ def fit_expected_error(
     num = torch.zeros(n, device=dev)
     den = torch.zeros(n, device=dev)
     total = count = 0.0
-    for i in tqdm(range(len(views.images)), desc="expected error", disable=not progress, leave=False):
+    indices = list(range(len(views.images))) if indices is None else list(indices)
+    for i in tqdm(indices, desc="expected error", disable=not progress, leave=False):
         vm, K = cams.viewmats[i].to(dev, torch.float32), cams.Ks[i].to(dev, torch.float32)
         with torch.no_grad():
             img, alpha, _ = render_splats(splats, Cameras(vm[None], K[None], cams.width, cams.height),
@@ -141,7 +144,7 @@ def fit_expected_error(
         den += colours.grad[:, 1]
     mean = total / max(count, 1.0)
     values = (num + PRIOR_WEIGHT * mean) / (den + PRIOR_WEIGHT)
-    log.info("expected error fitted on %d good views: mean %.4g over the object", len(views.images), mean)
+    log.info("expected error fitted on %d good views: mean %.4g over the object", len(indices), mean)
     return ExpectedError(values.detach(), mean, fit_key(anomaly))
 
 
