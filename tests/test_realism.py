@@ -3,7 +3,7 @@
 import pytest
 
 from splatlab.data.make import look_config
-from splatlab.realism import KNOBS, study_figure, with_knob
+from splatlab.realism import KNOBS, VARIANTS, study_figure, with_knob
 
 
 def test_knobs_set_the_realism_fields():
@@ -24,9 +24,9 @@ def test_study_figure_draws_one_line_per_setting():
 
     matplotlib.use("Agg")
     rows = [
-        {"knob": "noise", "value": v, "appearance": a, "image_auroc": 90.0 - 10 * v}
+        {"knob": "noise", "value": v, "variant": a, "image_auroc": 90.0 - 10 * v}
         for v in (0.0, 0.1)
-        for a in ("none", "affine")
+        for a in VARIANTS
     ]
     fig = study_figure(rows)
     assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_xlabel() == "noise"
