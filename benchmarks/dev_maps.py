@@ -80,7 +80,8 @@ def cache(args) -> None:
         # that variants fitting something to good data (a per-class statistic) may use; test queries never.
         ho = {"ho_query": [], "ho_render": [], "ho_alpha": []}
         for i in holdout_indices(len(mc.train.images)):
-            cam = Cameras(mc.train.cameras.viewmats[i : i + 1].float(), cams.Ks[:1].float(), cams.width, cams.height)
+            vm = mc.train.cameras.viewmats[i : i + 1].float()
+            cam = Cameras(vm, cams.Ks[:1].float(), cams.width, cams.height)
             with torch.no_grad():
                 img, alpha, _ = render_splats(
                     model.splats, cam, background=bg, backend=model.pose_config.backend,
@@ -107,7 +108,8 @@ def load_cache(folder: Path) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-EXTRAS = ("score", "rgb", "hl", "norm", "maha", "diag", "edge")  # study-only knobs beside AnomalyConfig's fields
+# study-only knobs beside AnomalyConfig's fields, see score_class
+EXTRAS = ("score", "rgb", "hl", "norm", "maha", "diag", "edge")
 
 
 def _unit_features(q, r, cfg):
@@ -176,7 +178,10 @@ def score_class(c: dict[str, np.ndarray], spec: dict, pixel: bool = False) -> di
     - ``hl``: down-weighting of pixels the aligned render or the query draws bright (highlights):
       ``map · (1 − hl · clip((max(lum_q, lum_r) − 0.75) / 0.25, 0, 1))`` before the blur;
     - ``norm``: "none", "med" (score minus the map's median over the object) or "ratio" (score divided by
-      the map's mean over the object): a per-query robust normalisation.
+      the map's mean over the object): a per-query robust normalisation;
+    - ``maha``: the cosine residual ``n_q − n_r`` measured by the inverse of its second moment on the
+      held-out good pairs, shrunk towards the identity by this weight (``diag``: its diagonal only);
+    - ``edge``: the map divided by ``1 + edge · |∇ render| / 0.02``.
     """
     import torch.nn.functional as F
 

@@ -72,9 +72,11 @@ def test_first_use_calibrates_and_saves_and_png16_maps(small_class, small_run, t
     png = Image.open(out / "0_map.png")
     assert png.mode.startswith("I;16") and png.size == (48, 48)
     u16 = np.asarray(png).astype(np.float64)
-    # 65535 * calibrated / 2, so the image score's pixel lands at (score's calibrated value) * 32767.5
+    # 65535 * calibrated / 2, so the image score's pixel lands at (score's calibrated value) * 32767.5; the
+    # score is the map's maximum at 224², and shrinking the map to the query's 48² (antialiased) lowers a
+    # peak, never raises it
     expected = np.clip(results["images"][0]["calibrated_score"] / 2, 0, 1) * 65535
-    assert abs(u16.max() - expected) < 0.02 * 65535
+    assert 0.8 * expected < u16.max() < expected + 0.01 * 65535
     assert cal["method"] == "cosine" and cal["threshold"] > cal["pixel_median"]
 
 
