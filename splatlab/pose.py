@@ -114,6 +114,11 @@ class PoseConfig:
     pyramid_steps: tuple[int, ...] = ()  # steps at each pyramid scale; the remaining steps run at full size
     early_stop_patience: int = 0  # stop after this many full-size steps without improvement; 0 = off
     early_stop_tol: float = 1e-3  # relative loss decrease that counts as an improvement
+    # Convergence stop: end the full-size steps once every refined pose has moved by less than
+    # ``converge_tol`` (largest component of δ: radians, and translation in units of δ's scale) over the last
+    # ``converge_window`` steps; 0 = off. Checked once only one finalist is left (``finalist_steps``).
+    converge_window: int = 0
+    converge_tol: float = 1e-3
     record_every: int = 0  # keep a render every n steps of the full refinement (and the last); 0 = none
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # render background; MAD objects are on white
     # Photometric alignment of each render to the query before the loss (splatlab.appearance): "none",
@@ -160,6 +165,11 @@ class PoseConfig:
             raise ValueError(f"pivot must be 'camera' or 'object', got {self.pivot!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+        if self.converge_window < 0 or not self.converge_tol > 0:
+            raise ValueError(
+                f"need converge_window >= 0 and converge_tol > 0, got {self.converge_window}, "
+                f"{self.converge_tol}"
+            )
         if self.translation_scale is not None and not self.translation_scale > 0:
             raise ValueError(f"translation_scale must be positive or None, got {self.translation_scale}")
 
@@ -425,6 +435,7 @@ def _optimise(
     active = torch.arange(B)
     stall, step, stopped = 0, 0, False
     final_scale = schedule[-1][0]
+    moves: list[Tensor] = []  # δ after each full-size step, for the convergence stop
     for scale, n in schedule:
         w, h = max(11, round(width * scale)), max(11, round(height * scale))
         Ks = (K * K.new_tensor([[w / width], [h / height], [1.0]])).expand(B, 3, 3)
@@ -451,7 +462,11 @@ def _optimise(
             if sh_degree and not cfg.colour_grad:  # evaluated at this camera, without their derivative
                 with torch.no_grad():
                     campos = torch.linalg.inv(vm)[:, :3, 3]
-                    colors = eval_sh(sh_degree, params["means"][None] - campos[:, None], colors)
+                    if device.type == "cpu":
+                        from splatlab.render.cpu_sh import eval_sh_cpu as sh
+                    else:
+                        sh = eval_sh
+                    colors = sh(sh_degree, params["means"][None] - campos[:, None], colors)
                 degree = None
             img, alpha, _ = render(
                 params["means"],
@@ -494,6 +509,9 @@ def _optimise(
             loss.sum().backward()
             opt.step()
             step += 1
+            if scale == final_scale and cfg.converge_window and _converged(delta, rows, moves, cfg, i):
+                stopped = True
+                break
             if scale == final_scale and cfg.early_stop_patience:
                 stall = 0 if bool(improved.any()) else stall + 1
                 if stall >= cfg.early_stop_patience:
@@ -510,6 +528,20 @@ def _optimise(
         "best_viewmats": best_vm,
         "stopped": stopped,
     }
+
+
+def _converged(delta: Tensor, rows: Tensor, moves: list[Tensor], cfg: PoseConfig, i: int) -> bool:
+    """Whether the active rows of δ moved less than ``converge_tol`` over the last ``converge_window`` steps.
+
+    ``moves`` holds δ after the previous full-size steps (appended here, the oldest dropped); ``i`` is the
+    index of the step just taken at the final scale. Not before successive halving has left one finalist.
+    """
+    moves.append(delta.detach().clone())
+    if len(moves) > cfg.converge_window + 1:
+        moves.pop(0)
+    if len(moves) <= cfg.converge_window or (rows.numel() > 1 and i < cfg.finalist_steps):
+        return False
+    return bool((moves[-1][rows] - moves[0][rows]).abs().max() < cfg.converge_tol)
 
 
 def _frame(params, viewmats: Tensor, cfg: PoseConfig) -> tuple[Tensor, Tensor]:
@@ -664,7 +696,7 @@ def _estimate(query, splats, retriever, config, device, exclude) -> PoseResult:
     after = starts
     best_short = torch.full((len(idx),), float("inf"))
     if len(idx) > 1 and config.short_steps > 0:
-        short_cfg = dataclasses.replace(config, early_stop_patience=0)
+        short_cfg = dataclasses.replace(config, early_stop_patience=0, converge_window=0)
         h = _optimise(
             params,
             degree,
