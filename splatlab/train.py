@@ -473,7 +473,8 @@ def _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_s
             t3 = time.perf_counter()
             for opt in optimizers.values():
                 opt.step()
-                opt.zero_grad(set_to_none=True)
+            for param in splats.values():  # zero_grad(set_to_none=True) of every optimizer, without their overhead
+                param.grad = None
             t4 = time.perf_counter()
             strategy.step_post_backward(splats, optimizers, state, step, meta, packed=False)
             if config.reset_every > 0 and 0 < step < config.refine_stop and step % config.reset_every == 0:
