@@ -13,15 +13,19 @@ through every step:
 
     dS/dX = G ⊛ (g ∂S/∂μx) + 2 X · G ⊛ (g ∂S/∂E[x²]) + Y · G ⊛ (g ∂S/∂E[xy])
 
-with ``G ⊛`` the transposed (full) filter and ``g`` the upstream gradient per window.
+with ``G ⊛`` the transposed (full) filter and ``g`` the upstream gradient per window. For float32 CPU images
+whose target needs no gradient (training and pose refinement) the elementwise work (the stack, the SSIM terms
+and their derivatives, the combination above) is three compiled passes instead of some forty tensor ops.
 """
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import njit
 from torch import Tensor
 
 __all__ = ["ssim", "photometric_loss", "psnr", "SSIM_WEIGHT"]
@@ -90,11 +94,101 @@ class _SSIM(torch.autograd.Function):
                 continue
             d_mu = 2 * mu_b * (a2 - a1) * inv - 2 * mu_a * gs * (1 / b1 - 1 / b2)
             d_ee = -gs / b2
-            back = _filter(torch.cat([d_mu, d_ee, d_exy], dim=1).contiguous(memory_format=torch.channels_last),
-                           pad=_WIN - 1)
+            maps = torch.cat([d_mu, d_ee, d_exy], dim=1).contiguous(memory_format=torch.channels_last)
+            back = _filter(maps, pad=_WIN - 1)
             back = back.permute(0, 2, 3, 1)  # [B, H, W, 3 · 3]
             out.append(back[..., :d] + 2 * img_a * back[..., d : 2 * d] + img_b * back[..., 2 * d :])
         return out[0], out[1]
+
+
+@njit(cache=True)
+def _stack_kernel(x, y, out):
+    """``out[..., :]`` = (x, y, x², y², xy) per channel, channels last. [B, H, W, 5·3]"""
+    B, H, W, D = x.shape
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                for c in range(D):
+                    xv, yv = x[b, i, j, c], y[b, i, j, c]
+                    out[b, i, j, c] = xv
+                    out[b, i, j, D + c] = yv
+                    out[b, i, j, 2 * D + c] = xv * xv
+                    out[b, i, j, 3 * D + c] = yv * yv
+                    out[b, i, j, 4 * D + c] = xv * yv
+
+
+@njit(cache=True)
+def _terms_kernel(f, c1, c2, means, dmaps):
+    """SSIM per image from the filtered maps ``f`` [B, h, w, 5·3] into ``means`` [B], and the derivatives of
+    that mean with respect to μx, E[x²] and E[xy] into ``dmaps`` [B, h, w, 3·3]."""
+    B, h, w, D5 = f.shape
+    D = D5 // 5
+    inv_n = 1.0 / (h * w * D)
+    for b in range(B):
+        total = 0.0
+        for i in range(h):
+            for j in range(w):
+                for c in range(D):
+                    mu1, mu2 = np.float64(f[b, i, j, c]), np.float64(f[b, i, j, D + c])
+                    xx, yy, xy = f[b, i, j, 2 * D + c], f[b, i, j, 3 * D + c], f[b, i, j, 4 * D + c]
+                    a1 = 2.0 * mu1 * mu2 + c1
+                    b1 = mu1 * mu1 + mu2 * mu2 + c1
+                    a2 = 2.0 * (xy - mu1 * mu2) + c2
+                    b2 = (xx - mu1 * mu1) + (yy - mu2 * mu2) + c2
+                    inv = inv_n / (b1 * b2)
+                    sv = a1 * a2 / (b1 * b2)
+                    total += sv
+                    d_mu = 2.0 * mu2 * (a2 - a1) * inv - 2.0 * mu1 * sv * inv_n * (1.0 / b1 - 1.0 / b2)
+                    dmaps[b, i, j, c] = d_mu
+                    dmaps[b, i, j, D + c] = -sv * inv_n / b2
+                    dmaps[b, i, j, 2 * D + c] = 2.0 * a1 * inv
+        means[b] = total * inv_n
+
+
+@njit(cache=True)
+def _combine_kernel(back, x, y, g, out):
+    """``out = g · (back_μ + 2 x back_E[x²] + y back_E[xy])`` per image, the gradient to ``x``. [B,H,W,3]"""
+    B, H, W, D = x.shape
+    for b in range(B):
+        gb = g[b]
+        for i in range(H):
+            for j in range(W):
+                for c in range(D):
+                    out[b, i, j, c] = gb * (
+                        back[b, i, j, c] + 2.0 * x[b, i, j, c] * back[b, i, j, D + c]
+                        + y[b, i, j, c] * back[b, i, j, 2 * D + c]
+                    )
+
+
+class _SSIMCPU(torch.autograd.Function):
+    """:class:`_SSIM` for float32 CPU images whose target has no gradient (training, pose): the elementwise
+    work in three compiled passes (stack, SSIM terms, gradient), the filters still torch's convolutions."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor) -> Tensor:
+        xn, yn = x.detach().numpy(), y.detach().numpy()
+        B, H, W, D = xn.shape
+        stack = np.empty((B, H, W, 5 * D), np.float32)
+        _stack_kernel(xn, yn, stack)
+        f = _filter(torch.from_numpy(stack).permute(0, 3, 1, 2))  # channels-last memory
+        f = f.permute(0, 2, 3, 1).contiguous().numpy()
+        means = np.empty(B, np.float64)
+        dmaps = np.empty(f.shape[:3] + (3 * D,), np.float32)
+        _terms_kernel(f, _C1, _C2, means, dmaps)
+        ctx.save_for_backward(x, y)
+        ctx.dmaps = dmaps
+        return torch.from_numpy(means.astype(np.float32))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, y = ctx.saved_tensors
+        back = _filter(torch.from_numpy(ctx.dmaps).permute(0, 3, 1, 2), pad=_WIN - 1)
+        back = back.permute(0, 2, 3, 1).contiguous().numpy()
+        out = np.empty(x.shape, np.float32)
+        g = grad.detach().to(torch.float32).expand(x.shape[0]).contiguous().numpy()
+        _combine_kernel(back, x.detach().numpy(), y.detach().numpy(), g, out)
+        return torch.from_numpy(out), None
 
 
 def _batched(x: Tensor, name: str) -> Tensor:
@@ -127,7 +221,9 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, *, reduce: bool = True) -> to
     p, t = _batched(pred, "pred"), _batched(target, "target")
     if min(p.shape[1:3]) < _WIN:
         raise ValueError(f"ssim needs images of at least 11x11 pixels, got {tuple(p.shape[1:3])}")
-    per_image = _SSIM.apply(p.contiguous(), t.to(p.dtype).contiguous())
+    p, t = p.contiguous(), t.to(p.dtype).contiguous()
+    fast = p.dtype == torch.float32 and p.device.type == "cpu" and not t.requires_grad
+    per_image = (_SSIMCPU if fast else _SSIM).apply(p, t)
     return per_image.mean() if reduce else per_image
 def photometric_loss(
     pred: torch.Tensor, target: torch.Tensor, ssim_weight: float = SSIM_WEIGHT

@@ -464,16 +464,16 @@ def _train_loop(images, cameras, train_idx, test_idx, config, out, ckpt, scene_s
             target = train_images[idx]
             loss = photometric_loss(img, target, config.ssim_weight)
             if not math.isfinite(float(loss.detach())):
+                bad = [k for k, v in splats.items() if not bool(torch.isfinite(v).all())]
                 raise FloatingPointError(
-                    f"training diverged: non-finite loss at step {step} "
-                    f"({', '.join(k for k, v in splats.items() if not bool(torch.isfinite(v).all())) or 'render'})"
+                    f"training diverged: non-finite loss at step {step} ({', '.join(bad) or 'render'})"
                 )
             t2 = time.perf_counter()
             loss.backward()
             t3 = time.perf_counter()
             for opt in optimizers.values():
                 opt.step()
-            for param in splats.values():  # zero_grad(set_to_none=True) of every optimizer, without their overhead
+            for param in splats.values():  # each optimizer's zero_grad(set_to_none=True), minus the overhead
                 param.grad = None
             t4 = time.perf_counter()
             strategy.step_post_backward(splats, optimizers, state, step, meta, packed=False)

@@ -153,7 +153,7 @@ def _sh_bwd(degree, nchunks, dirs, coeffs, out, v_out, v_dirs, v_coeffs):
 
 
 def _launch(serial, parallel, degree, n, *arrays) -> None:
-    """One kernel call over ``n`` Gaussians: serial when small (a thread hand-off costs more), else in chunks."""
+    """One kernel call over ``n`` Gaussians: serial when small, else chunked."""
     choose_threading_layer()
     with _KERNEL_LOCK:
         if n * arrays[0].shape[0] < _SERIAL_BELOW:
