@@ -52,3 +52,31 @@ def test_bad_inputs():
         photometric_loss(a[:, :8, :8], c[:, :8, :8])
     with pytest.raises(ValueError, match="pred"):
         ssim(a[0, 0], c[0, 0])
+
+
+@pytest.mark.parametrize("shape", [(2, 24, 20, 3), (1, 11, 13, 3)])
+@pytest.mark.parametrize("target_grad", [True, False])  # False: the compiled path of training and pose
+def test_fused_ssim_matches_pytorch_msssim_value_and_gradient(shape, target_grad):
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(*shape, generator=g, requires_grad=True)
+    c = (a.detach() + 0.1 * torch.randn(*shape, generator=g)).clamp(0, 1).requires_grad_(target_grad)
+    wrt = (a, c) if target_grad else (a,)
+    for reduce in (True, False):
+        ours = ssim(a, c, reduce=reduce)
+        ref = ref_ssim(
+            a.permute(0, 3, 1, 2), c.permute(0, 3, 1, 2), data_range=1.0, size_average=reduce, win_size=11,
+            win_sigma=1.5,
+        )
+        torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+        w = torch.rand(ours.shape, generator=g)  # an arbitrary upstream gradient
+        got = torch.autograd.grad((ours * w).sum(), wrt)
+        want = torch.autograd.grad((ref * w).sum(), wrt)
+        for x, y in zip(got, want, strict=True):
+            torch.testing.assert_close(x, y, atol=1e-5 * float(y.abs().max()), rtol=0)
+
+
+def test_fused_ssim_gradcheck():
+    g = torch.Generator().manual_seed(2)
+    a = torch.rand(1, 13, 12, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    c = torch.rand(1, 13, 12, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, y: ssim(x, y), (a, c))

@@ -325,3 +325,16 @@ def test_view_dependent_colour_without_its_derivative():
     assert not torch.equal(exact.losses, cheap.losses)  # the gradients differ, so the paths do
     assert pose_error(exact.viewmat, cams.viewmats[2])[0] < 0.5
     assert pose_error(cheap.viewmat, cams.viewmats[2])[0] < 0.5
+
+
+def test_convergence_stop(scene):
+    splats, cams, images = scene
+    start = perturb_viewmat(cams.viewmats[2], 2.0, seed=1)
+    full = refine(images[2], splats, start, cams.Ks[2], dataclasses.replace(CFG, steps=60))
+    cfg = dataclasses.replace(CFG, steps=60, converge_window=4, converge_tol=5e-3)
+    res = refine(images[2], splats, start, cams.Ks[2], cfg)
+    assert res.stopped_early and len(res.losses) < 60
+    # until the stop, the same steps as without it
+    assert_close(res.losses, full.losses[: len(res.losses)])
+    with pytest.raises(ValueError, match="converge"):
+        dataclasses.replace(CFG, converge_window=-1)

@@ -228,3 +228,18 @@ def test_ensure_trained_caches_and_cli_trains(views, tmp_path):
     assert main(["train", str(class_dir), "--out", str(out), "--preset", "fast", "--iterations", "12"]) == 0
     _, cfg, metrics = load_run(out)
     assert cfg.iterations == 12 and cfg.name == "fast" and metrics["psnr"] > 10
+
+
+def test_non_finite_loss_stops_training(views, monkeypatch):
+    import splatlab.train as train_module
+
+    calls = {"n": 0}
+
+    def nan_after_three(pred, target, w):
+        calls["n"] += 1
+        out = (pred - target).abs().mean()
+        return out * float("nan") if calls["n"] > 3 else out
+
+    monkeypatch.setattr(train_module, "photometric_loss", nan_after_three)
+    with pytest.raises(FloatingPointError, match="step 3"):
+        train(views, tiny(iterations=10), progress=False)

@@ -138,6 +138,7 @@ def render(
     if name == "cpu":
         from splatlab.render.cpu import project_cpu as project
         from splatlab.render.cpu import rasterize_cpu as rasterize
+        from splatlab.render.cpu_sh import eval_sh_cpu
     else:
         from splatlab.render.reference import project_torch as project
         from splatlab.render.reference import rasterize_torch as rasterize
@@ -151,7 +152,8 @@ def render(
         colors = torch.clamp_min(colors[:, 0, :] * SH_C0 + 0.5, 0.0)[None].expand(C, -1, -1)
     elif sh_degree is not None:
         campos = torch.linalg.inv(viewmats)[:, :3, 3]  # camera centres: gradients reach the pose too
-        colors = eval_sh(sh_degree, means[None, :, :] - campos[:, None, :], colors)
+        sh = eval_sh_cpu if name == "cpu" and colors.ndim == 3 else eval_sh
+        colors = sh(sh_degree, means[None, :, :] - campos[:, None, :], colors)
     elif colors.ndim == 2:
         colors = colors[None].expand(C, -1, -1)
     if render_mode != "RGB":

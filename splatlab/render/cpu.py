@@ -199,6 +199,7 @@ class _ProjectCPU(torch.autograd.Function):
                 v_q,
                 v_s,
                 parts,
+                bool(ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]),
             )
             with _KERNEL_LOCK:
                 if serial:

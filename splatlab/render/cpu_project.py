@@ -269,8 +269,12 @@ def _project_bwd_range(
     v_quats,
     v_scales,
     v_view_parts,
+    want_params=True,
 ):
-    """Gradients of Gaussians i0..i1-1 (serial); the viewmat part goes to ``v_view_parts[k]``."""
+    """Gradients of Gaussians i0..i1-1 (serial); the viewmat part goes to ``v_view_parts[k]``.
+
+    With ``want_params`` False only the viewmat part is computed (pose refinement: the splats are fixed).
+    """
     C = viewmats.shape[0]
     for i in range(i0, i1):
         Rq, M, cov = _covar_world(quats, scales, i)
@@ -382,7 +386,10 @@ def _project_bwd_range(
                 vcc[8] + vcc[8],
             )
             vR = _mm(vs, RC)
-            vc_w = _mm(_mm(_tr(R), vcc), R)
+            if want_params:
+                vc_w = _mm(_mm(_tr(R), vcc), R)
+            else:
+                vc_w = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
             vcov = (
                 vcov[0] + vc_w[0],
                 vcov[1] + vc_w[1],
@@ -407,7 +414,7 @@ def _project_bwd_range(
             p[0, 3] += vx
             p[1, 3] += vy
             p[2, 3] += vz
-        if not any_cam:
+        if not any_cam or not want_params:
             continue
         v_means[i, 0] = gmx
         v_means[i, 1] = gmy
@@ -497,6 +504,7 @@ def _project_bwd(
     v_quats,
     v_scales,
     v_view_parts,
+    want_params=True,
 ):
     N = means.shape[0]
     nchunks = v_view_parts.shape[0]
@@ -522,4 +530,5 @@ def _project_bwd(
             v_quats,
             v_scales,
             v_view_parts,
+            want_params,
         )
