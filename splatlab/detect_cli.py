@@ -171,6 +171,8 @@ def _detect(run_dir, images, out, data, map_format, json, method, pose_preset, d
         arr = read_query(path)
         prepare_query(arr, model.height, model.width, name=str(path))
         arrays.append(arr)
+    if model.anomaly.error_floor is not None:
+        model.expected_error_field(progress=progress)  # fitted once on the training views, then read
     if model.calibration is None:
         log.info("%s has no %s calibration yet: calibrating on its held-out good views (saved for next time)",
                  run_dir, model.anomaly.method)

@@ -139,6 +139,8 @@ def evaluate_class(
         device=device,
     )
     t0 = time.perf_counter()
+    if model.anomaly.error_floor is not None:
+        model.expected_error_field(progress=progress)  # fitted (or read) once, before the first detection
     if config.calibration != "none" and model.calibration is None:
         log.info("%s: calibrating on held-out good views", name)
         model.calibrate(
