@@ -140,6 +140,8 @@ def test_sigint_midway_loses_only_the_job_in_flight_and_a_rerun_resumes(tmp_path
     proc = subprocess.Popen(
         [sys.executable, "-m", "splatlab.cli", "sweep", str(path), "--out", str(tmp_path / "out"),
          "--workers", "1", "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # a runner started in the background (`cmd &`) ignores SIGINT, and children inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 600
     while not (jobs.is_dir() and any(jobs.glob("*.json"))):
