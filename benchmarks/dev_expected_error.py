@@ -1,13 +1,16 @@
 """Development-split study of the expected-error field (``splatlab.expected_error``) on cached poses.
 
     python benchmarks/dev_maps.py cache --data ../devdata-real --out ../devcache-real
-    python benchmarks/dev_expected_error.py --cache ../devcache-real --data ../devdata-real
+    python benchmarks/dev_expected_error.py --cache ../devcache-real --data ../devdata-real \
+        --variant 'ps1.5:{"presmooth":1.5}'
 
-Per class of the cache written by ``dev_maps.py cache``: fits the field on the class's training views (all
-of them, each at its known pose), renders it at each cached query's true test pose (the field is smooth, and
-the estimated poses are within a fraction of a degree) and scores the cached query/render pairs with the map
-divided by ``field + floor · mean``. Prints per class and mean image AUROC for each floor, and the last line
-is one JSON object. For choosing settings on a development split only, never on test images.
+Per class of the cache written by ``dev_maps.py cache`` and per map variant (``AnomalyConfig`` fields over
+the defaults; ``default`` is always scored): fits the field with the variant's map settings on the class's
+training views (all of them, each at its known pose), renders it at each cached query's true test pose (the
+field is smooth, and the estimated poses are within a fraction of a degree) and scores the cached
+query/render pairs with the map divided by ``field + floor · mean``. Prints per variant and floor the mean
+image AUROC, per class and per defect type; the last line is one JSON object. For choosing settings on a
+development split only, never on test images.
 """
 
 from __future__ import annotations
@@ -21,55 +24,95 @@ import numpy as np
 import torch
 
 
+def _aurocs(scores: np.ndarray, labels: np.ndarray, defects: np.ndarray) -> dict[str, float]:
+    """Image AUROC over all queries and per defect type (its defects against all good queries)."""
+    from splatlab.metrics import image_auroc
+
+    row = {"image_auroc": 100 * image_auroc(scores, labels)}
+    good = ~labels.astype(bool)
+    for d in sorted(set(defects[~good].tolist())):
+        sel = good | (defects == d)
+        row[str(d)] = 100 * image_auroc(scores[sel], labels[sel])
+    return row
+
+
+def score_class(c, class_dir: Path, spec: dict, floors, args) -> dict[str, dict[str, float]]:
+    """{setting: AUROCs} of one cached class for one variant: without the field, and per floor."""
+    from splatlab.anomaly import AnomalyConfig, anomaly_map
+    from splatlab.appearance import align_render
+    from splatlab.data import load_mad_class, load_test_poses
+    from splatlab.expected_error import fit_expected_error, normalize_map, render_expected_error
+    from splatlab.run import ensure_trained, load_run, run_eps2d
+
+    cfg = AnomalyConfig(**{**spec, "error_floor": None})
+    bg = torch.ones(3)
+    run = ensure_trained(class_dir, args.runs, args.train_preset, args.size, progress=False)
+    splats, _, _ = load_run(run)
+    eps2d = run_eps2d(run)
+    mc = load_mad_class(class_dir, size=args.size)
+    field = fit_expected_error(splats, mc.train, cfg, background=bg, eps2d=eps2d, progress=False)
+    gt = load_test_poses(class_dir, size=args.size).cameras
+    q, r = torch.from_numpy(c["query"]).float(), torch.from_numpy(c["render"]).float()
+    a = torch.from_numpy(c["alpha"]).float()
+    r = align_render(r, a, q, cfg.appearance, bg).clamp(0, 1)
+    maps = torch.cat([anomaly_map(q[b : b + 16], r[b : b + 16], cfg) for b in range(0, len(q), 16)])
+    emaps = []
+    for i in c["indices"]:
+        emaps.append(render_expected_error(splats, field, gt.viewmats[i].float(), gt.Ks[i].float(), gt.width,
+                                           gt.height, eps2d=eps2d))
+    labels, defects = np.asarray(c["label"]), np.asarray(c["defects"])
+    out = {"none": _aurocs(maps.flatten(1).amax(1).numpy(), labels, defects)}
+    for floor in floors:
+        fc = AnomalyConfig(**{**spec, "error_floor": floor})
+        s = torch.stack([normalize_map(m, e, field, fc).amax() for m, e in zip(maps, emaps, strict=True)])
+        out[f"floor {floor:g}"] = _aurocs(s.numpy(), labels, defects)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache", required=True, help="folder of dev_maps.py cache (one CLASS.npz per class)")
     p.add_argument("--data", required=True, help="the development dataset the cache was made from")
     p.add_argument("--runs", default=None, help="run root of the trained splats (default: runs/)")
     p.add_argument("--floors", type=float, nargs="+", default=[0.1, 0.25, 0.5])
+    p.add_argument(
+        "--variant", action="append", default=[],
+        help='NAME:{"field": value, ...}: AnomalyConfig fields over the defaults (repeatable)',
+    )
+    p.add_argument("--no-default", action="store_true", help="score only the --variant settings")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--train-preset", default="cpu")
     args = p.parse_args(argv)
 
-    from splatlab.anomaly import AnomalyConfig, anomaly_map
-    from splatlab.appearance import align_render
-    from splatlab.cameras import Cameras
-    from splatlab.data import load_mad_class, load_test_poses
-    from splatlab.expected_error import fit_expected_error, normalize_map, render_expected_error
-    from splatlab.metrics import image_auroc
-    from splatlab.run import ensure_trained, load_run, run_eps2d
-
-    cfg = AnomalyConfig(error_floor=None)
-    bg = torch.ones(3)
+    variants = {} if args.no_default else {"default": {}}
+    for v in args.variant:
+        name, _, kv = v.partition(":")
+        try:
+            variants[name] = json.loads(kv) if kv else {}
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"--variant {v!r}: not NAME:JSON ({exc})") from None
+    files = sorted(Path(args.cache).glob("*.npz"))
+    if not files:
+        raise SystemExit(f"--cache {args.cache}: no CLASS.npz files")
     result = {}
-    for f in sorted(Path(args.cache).glob("*.npz")):
-        c = dict(np.load(f))
-        class_dir = Path(args.data) / f.stem
-        run = ensure_trained(class_dir, args.runs, args.train_preset, args.size, progress=False)
-        splats, _, _ = load_run(run)
-        eps2d = run_eps2d(run)
-        mc = load_mad_class(class_dir, size=args.size)
-        field = fit_expected_error(splats, mc.train, cfg, background=bg, eps2d=eps2d, progress=False)
-        gt = load_test_poses(class_dir, size=args.size).cameras
-        q, r = torch.from_numpy(c["query"]).float(), torch.from_numpy(c["render"]).float()
-        a = torch.from_numpy(c["alpha"]).float()
-        r = align_render(r, a, q, cfg.appearance, bg).clamp(0, 1)
-        maps = torch.cat([anomaly_map(q[b : b + 16], r[b : b + 16], cfg) for b in range(0, len(q), 16)])
-        emaps = []
-        for i in c["indices"]:
-            cam = Cameras(gt.viewmats[i : i + 1].float(), gt.Ks[i : i + 1].float(), gt.width, gt.height)
-            emaps.append(render_expected_error(splats, field, cam.viewmats[0], cam.Ks[0], cam.width,
-                                               cam.height, eps2d=eps2d))
-        row = {"none": 100 * image_auroc(maps.flatten(1).amax(1).numpy(), c["label"])}
-        for floor in args.floors:
-            fc = AnomalyConfig(error_floor=floor)
-            s = torch.stack([normalize_map(m, e, field, fc).amax() for m, e in zip(maps, emaps, strict=True)])
-            row[f"floor {floor:g}"] = 100 * image_auroc(s.numpy(), c["label"])
-        result[f.stem] = row
-        print(f.stem, " ".join(f"{k} {v:5.1f}" for k, v in row.items()), file=sys.stderr, flush=True)
-    mean = {k: float(np.mean([r[k] for r in result.values()])) for k in next(iter(result.values()))}
-    print("mean", " ".join(f"{k} {v:5.1f}" for k, v in mean.items()), file=sys.stderr)
-    print(json.dumps({"mean_image_auroc": mean, "classes": result}))
+    for name, spec in variants.items():
+        rows = {}
+        for f in files:
+            rows[f.stem] = score_class(dict(np.load(f)), Path(args.data) / f.stem, spec, args.floors, args)
+            print(name, f.stem, " ".join(f"{k} {v['image_auroc']:5.1f}" for k, v in rows[f.stem].items()),
+                  file=sys.stderr, flush=True)
+        settings = next(iter(rows.values())).keys()
+        mean = {}
+        for s in settings:
+            keys = sorted({k for r in rows.values() for k in r[s]})
+            mean[s] = {k: float(np.mean([r[s][k] for r in rows.values() if k in r[s]])) for k in keys}
+            per = " ".join(f"{k[:6]} {v[s]['image_auroc']:5.1f}"
+                           for k, v in rows.items())
+            dd = " ".join(f"{k[:5]} {v:5.1f}" for k, v in mean[s].items() if k != "image_auroc")
+            line = f"{name:12s} {s:10s} {mean[s]['image_auroc']:5.1f} | {per} | {dd}"
+            print(line, file=sys.stderr, flush=True)
+        result[name] = {"spec": spec, "mean": mean, "classes": rows}
+    print(json.dumps(result))
     return 0
 
 
