@@ -22,50 +22,47 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dev_maps import defect_aurocs, load_cache, parse_variants  # this folder's sibling study script
 
 
-def _aurocs(scores: np.ndarray, labels: np.ndarray, defects: np.ndarray) -> dict[str, float]:
-    """Image AUROC over all queries and per defect type (its defects against all good queries)."""
-    from splatlab.metrics import image_auroc
+def load_class(class_dir: Path, args):
+    """The class's trained splats, their 2D low-pass, training views and test cameras."""
+    from splatlab.data import load_mad_class, load_test_poses
+    from splatlab.run import ensure_trained, load_run, run_eps2d
 
-    row = {"image_auroc": 100 * image_auroc(scores, labels)}
-    good = ~labels.astype(bool)
-    for d in sorted(set(defects[~good].tolist())):
-        sel = good | (defects == d)
-        row[str(d)] = 100 * image_auroc(scores[sel], labels[sel])
-    return row
+    run = ensure_trained(class_dir, args.runs, args.train_preset, args.size, progress=False)
+    splats, _, _ = load_run(run)
+    mc = load_mad_class(class_dir, size=args.size)
+    return splats, run_eps2d(run), mc.train, load_test_poses(class_dir, size=args.size).cameras
 
 
-def score_class(c, class_dir: Path, spec: dict, floors, args) -> dict[str, dict[str, float]]:
+def score_class(c, loaded, spec: dict, floors) -> dict[str, dict[str, float]]:
     """{setting: AUROCs} of one cached class for one variant: without the field, and per floor."""
     from splatlab.anomaly import AnomalyConfig, anomaly_map
     from splatlab.appearance import align_render
-    from splatlab.data import load_mad_class, load_test_poses
     from splatlab.expected_error import fit_expected_error, normalize_map, render_expected_error
-    from splatlab.run import ensure_trained, load_run, run_eps2d
+    from splatlab.metrics import image_auroc
 
+    splats, eps2d, train, gt = loaded
     cfg = AnomalyConfig(**{**spec, "error_floor": None})
     bg = torch.ones(3)
-    run = ensure_trained(class_dir, args.runs, args.train_preset, args.size, progress=False)
-    splats, _, _ = load_run(run)
-    eps2d = run_eps2d(run)
-    mc = load_mad_class(class_dir, size=args.size)
-    field = fit_expected_error(splats, mc.train, cfg, background=bg, eps2d=eps2d, progress=False)
-    gt = load_test_poses(class_dir, size=args.size).cameras
+    field = fit_expected_error(splats, train, cfg, background=bg, eps2d=eps2d, progress=False)
     q, r = torch.from_numpy(c["query"]).float(), torch.from_numpy(c["render"]).float()
     a = torch.from_numpy(c["alpha"]).float()
     r = align_render(r, a, q, cfg.appearance, bg).clamp(0, 1)
     maps = torch.cat([anomaly_map(q[b : b + 16], r[b : b + 16], cfg) for b in range(0, len(q), 16)])
-    emaps = []
-    for i in c["indices"]:
-        emaps.append(render_expected_error(splats, field, gt.viewmats[i].float(), gt.Ks[i].float(), gt.width,
-                                           gt.height, eps2d=eps2d))
+    emaps = [render_expected_error(splats, field, gt.viewmats[i].float(), gt.Ks[i].float(), gt.width,
+                                   gt.height, eps2d=eps2d) for i in c["indices"]]
     labels, defects = np.asarray(c["label"]), np.asarray(c["defects"])
-    out = {"none": _aurocs(maps.flatten(1).amax(1).numpy(), labels, defects)}
+
+    def aurocs(scores: np.ndarray) -> dict[str, float]:
+        return {"image_auroc": 100 * image_auroc(scores, labels), **defect_aurocs(scores, labels, defects)}
+
+    out = {"none": aurocs(maps.flatten(1).amax(1).numpy())}
     for floor in floors:
         fc = AnomalyConfig(**{**spec, "error_floor": floor})
         s = torch.stack([normalize_map(m, e, field, fc).amax() for m, e in zip(maps, emaps, strict=True)])
-        out[f"floor {floor:g}"] = _aurocs(s.numpy(), labels, defects)
+        out[f"floor {floor:g}"] = aurocs(s.numpy())
     return out
 
 
@@ -85,33 +82,26 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     variants = {} if args.no_default else {"default": {}}
-    for v in args.variant:
-        name, _, kv = v.partition(":")
-        try:
-            variants[name] = json.loads(kv) if kv else {}
-        except json.JSONDecodeError as exc:
-            raise SystemExit(f"--variant {v!r}: not NAME:JSON ({exc})") from None
-    files = sorted(Path(args.cache).glob("*.npz"))
-    if not files:
-        raise SystemExit(f"--cache {args.cache}: no CLASS.npz files")
-    result = {}
-    for name, spec in variants.items():
-        rows = {}
-        for f in files:
-            rows[f.stem] = score_class(dict(np.load(f)), Path(args.data) / f.stem, spec, args.floors, args)
-            print(name, f.stem, " ".join(f"{k} {v['image_auroc']:5.1f}" for k, v in rows[f.stem].items()),
+    variants.update(parse_variants(args.variant))
+    rows = {name: {} for name in variants}
+    for cls, c in load_cache(Path(args.cache)).items():
+        loaded = load_class(Path(args.data) / cls, args)  # once per class, shared by the variants
+        for name, spec in variants.items():
+            rows[name][cls] = score_class(c, loaded, spec, args.floors)
+            print(name, cls, " ".join(f"{k} {v['image_auroc']:5.1f}" for k, v in rows[name][cls].items()),
                   file=sys.stderr, flush=True)
-        settings = next(iter(rows.values())).keys()
+    result = {}
+    for name, rows_v in rows.items():
+        settings = next(iter(rows_v.values())).keys()
         mean = {}
         for s in settings:
-            keys = sorted({k for r in rows.values() for k in r[s]})
-            mean[s] = {k: float(np.mean([r[s][k] for r in rows.values() if k in r[s]])) for k in keys}
-            per = " ".join(f"{k[:6]} {v[s]['image_auroc']:5.1f}"
-                           for k, v in rows.items())
+            keys = sorted({k for r in rows_v.values() for k in r[s]})
+            mean[s] = {k: float(np.mean([r[s][k] for r in rows_v.values() if k in r[s]])) for k in keys}
+            per = " ".join(f"{k[:6]} {v[s]['image_auroc']:5.1f}" for k, v in rows_v.items())
             dd = " ".join(f"{k[:5]} {v:5.1f}" for k, v in mean[s].items() if k != "image_auroc")
             line = f"{name:12s} {s:10s} {mean[s]['image_auroc']:5.1f} | {per} | {dd}"
             print(line, file=sys.stderr, flush=True)
-        result[name] = {"spec": spec, "mean": mean, "classes": rows}
+        result[name] = {"spec": variants[name], "mean": mean, "classes": rows_v}
     print(json.dumps(result))
     return 0
 

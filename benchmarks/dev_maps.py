@@ -108,6 +108,30 @@ def load_cache(folder: Path) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+def parse_variants(specs: list[str]) -> dict[str, dict]:
+    """``NAME:{json}`` command-line variants as {name: settings}."""
+    variants = {}
+    for spec in specs:
+        name, _, kv = spec.partition(":")
+        try:
+            variants[name] = json.loads(kv) if kv else {}
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"--variant {spec!r}: not NAME:JSON ({exc})") from None
+    return variants
+
+
+def defect_aurocs(scores: np.ndarray, labels: np.ndarray, defects: np.ndarray) -> dict[str, float]:
+    """Image AUROC of each defect type's images against all good images, in %."""
+    from splatlab.metrics import image_auroc
+
+    good = ~np.asarray(labels).astype(bool)
+    out = {}
+    for d in sorted(set(np.asarray(defects)[~good].tolist())):
+        sel = good | (defects == d)
+        out[str(d)] = 100 * image_auroc(scores[sel], labels[sel])
+    return out
+
+
 # study-only knobs beside AnomalyConfig's fields, see score_class
 EXTRAS = ("score", "rgb", "hl", "norm", "maha", "diag", "edge")
 
@@ -248,19 +272,13 @@ def score_class(c: dict[str, np.ndarray], spec: dict, pixel: bool = False) -> di
     out = {"image_auroc": 100 * image_auroc(s.numpy(), c["label"])}
     if pixel:
         out["pixel_auroc"] = 100 * pixel_auroc(resize_map(m, tuple(q.shape[1:3])).numpy(), c["mask"])
-    lab = c["label"].astype(bool)
-    for d in sorted(set(c["defects"]) - {"good"}):
-        sel = (c["defects"] == d) | ~lab
-        out[d] = 100 * image_auroc(s.numpy()[sel], c["label"][sel])
+    out.update(defect_aurocs(s.numpy(), c["label"], c["defects"]))
     return out
 
 
 def score(args) -> None:
     data = load_cache(Path(args.cache))
-    variants = {"default": {}}
-    for spec in args.variant or []:
-        name, _, kv = spec.partition(":")
-        variants[name] = json.loads(kv) if kv else {}
+    variants = {"default": {}, **parse_variants(args.variant or [])}
     result = {}
     for name, spec in variants.items():
         rows = {cls: score_class(c, spec, args.pixel) for cls, c in data.items()}
