@@ -8,7 +8,8 @@ Per class of the cache written by ``dev_maps.py cache`` and per map variant (``A
 the defaults; ``default`` is always scored): fits the field with the variant's map settings on the class's
 training views (all of them, each at its known pose), renders it at each cached query's true test pose (the
 field is smooth, and the estimated poses are within a fraction of a degree) and scores the cached
-query/render pairs with the map divided by ``field + floor · mean``. Prints per variant and floor the mean
+query/render pairs with the map divided by ``field + floor · mean`` (the field seen from the test pose with
+the variant's ``error_view_sigma``). Prints per variant and floor the mean
 image AUROC, per class and per defect type; the last line is one JSON object. For choosing settings on a
 development split only, never on test images.
 """
@@ -36,23 +37,27 @@ def load_class(class_dir: Path, args):
     return splats, run_eps2d(run), mc.train, load_test_poses(class_dir, size=args.size).cameras
 
 
-def score_class(c, loaded, spec: dict, floors) -> dict[str, dict[str, float]]:
-    """{setting: AUROCs} of one cached class for one variant: without the field, and per floor."""
+def score_class(c, loaded, spec: dict, floors, fields: dict) -> dict[str, dict[str, float]]:
+    """{setting: AUROCs} of one cached class for one variant: without the field, and per floor. ``fields``
+    keeps the class's fitted fields by ``fit_key``, so variants of the floor or σ alone fit once."""
     from splatlab.anomaly import AnomalyConfig, anomaly_map
     from splatlab.appearance import align_render
-    from splatlab.expected_error import fit_expected_error, normalize_map, render_expected_error
+    from splatlab.expected_error import fit_expected_error, fit_key, normalize_map, render_expected_error
     from splatlab.metrics import image_auroc
 
     splats, eps2d, train, gt = loaded
     cfg = AnomalyConfig(**{**spec, "error_floor": None})
     bg = torch.ones(3)
-    field = fit_expected_error(splats, train, cfg, background=bg, eps2d=eps2d, progress=False)
+    if fit_key(cfg) not in fields:
+        fields[fit_key(cfg)] = fit_expected_error(splats, train, cfg, background=bg, eps2d=eps2d, progress=False)
+    field = fields[fit_key(cfg)]
     q, r = torch.from_numpy(c["query"]).float(), torch.from_numpy(c["render"]).float()
     a = torch.from_numpy(c["alpha"]).float()
     r = align_render(r, a, q, cfg.appearance, bg).clamp(0, 1)
     maps = torch.cat([anomaly_map(q[b : b + 16], r[b : b + 16], cfg) for b in range(0, len(q), 16)])
     emaps = [render_expected_error(splats, field, gt.viewmats[i].float(), gt.Ks[i].float(), gt.width,
-                                   gt.height, eps2d=eps2d) for i in c["indices"]]
+                                   gt.height, view_sigma=cfg.error_view_sigma, eps2d=eps2d)
+             for i in c["indices"]]
     labels, defects = np.asarray(c["label"]), np.asarray(c["defects"])
 
     def aurocs(scores: np.ndarray) -> dict[str, float]:
@@ -86,8 +91,9 @@ def main(argv=None) -> int:
     rows = {name: {} for name in variants}
     for cls, c in load_cache(Path(args.cache)).items():
         loaded = load_class(Path(args.data) / cls, args)  # once per class, shared by the variants
+        fields = {}
         for name, spec in variants.items():
-            rows[name][cls] = score_class(c, loaded, spec, args.floors)
+            rows[name][cls] = score_class(c, loaded, spec, args.floors, fields)
             print(name, cls, " ".join(f"{k} {v['image_auroc']:5.1f}" for k, v in rows[name][cls].items()),
                   file=sys.stderr, flush=True)
     result = {}

@@ -104,6 +104,11 @@ class AnomalyConfig:
     # views too (highlights, noisy texture) count less. Chosen on the realistic look's development split,
     # see docs/realism.md; None compares without it (SplatPose). Applied by splatlab.detect (it has the pose)
     error_floor: float | None = 0.25
+    # The expected error seen from the query: training views weighted by a Gaussian kernel of this std (in
+    # degrees) in the angle between their camera's direction and the query's, so highlights that move with
+    # the view are expected where they are (15: chosen on the realistic look's development split, see
+    # docs/realism.md); None weighs every training view alike
+    error_view_sigma: float | None = 15.0
 
     def __post_init__(self) -> None:
         from splatlab.appearance import APPEARANCES
@@ -122,6 +127,10 @@ class AnomalyConfig:
             raise ValueError(f"ssim_window must be odd and >= 3, got {self.ssim_window}")
         if self.error_floor is not None and not (math.isfinite(self.error_floor) and self.error_floor > 0):
             raise ValueError(f"error_floor must be a positive number or None, got {self.error_floor}")
+        if self.error_view_sigma is not None and not (
+            math.isfinite(self.error_view_sigma) and self.error_view_sigma > 0
+        ):
+            raise ValueError(f"error_view_sigma must be a positive number or None, got {self.error_view_sigma}")
         if self.shift < 0:
             raise ValueError(f"shift must be >= 0, got {self.shift}")
         if self.stages is None:  # frozen: resolve the method's default once, here

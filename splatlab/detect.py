@@ -196,7 +196,7 @@ class DetectorModel:
             except ValueError as exc:  # a broken cache: fitting again replaces it
                 log.warning("ignoring the saved expected error: %s", exc)
         stale = self.expected_error is not None and (
-            len(self.expected_error.values) != len(self.splats["means"])
+            self.expected_error.num_gaussians != len(self.splats["means"])
             or self.expected_error.key != fit_key(self.anomaly)
         )
         if stale:
@@ -441,6 +441,7 @@ def detect(
         cams = model.retriever.cameras
         expected = model.expected_error_field()
         emap = render_expected_error(model.splats, expected, vm, cams.Ks[0], cams.width, cams.height,
+                                     view_sigma=model.anomaly.error_view_sigma,
                                      eps2d=model.pose_config.eps2d, backend=model.pose_config.backend)
         amap = normalize_map(amap, emap.cpu(), expected, model.anomaly)
     score = float(image_score(amap))

@@ -52,6 +52,8 @@ class EvalConfig:
     # the map divided by the splats' expected error plus this fraction of its mean (splatlab.expected_error);
     # None: off. Chosen on the realistic look's development split
     error_floor: float | None = AnomalyConfig.error_floor
+    # σ in degrees of the view kernel of the expected error; None: every training view alike
+    error_view_sigma: float | None = AnomalyConfig.error_view_sigma
     calibration: str = "pose"  # threshold from held-out views: "pose", "gt_pose" or "none"
     calib_every: int = 8  # calibrate on every n-th training view (8 = training's eval split)
     max_queries: int | None = None  # test images per class, spread over defect types; None = all
@@ -134,7 +136,7 @@ def evaluate_class(
         mc.train,
         pose_config=pose_config(config.pose_preset or default_preset(device)),
         anomaly=AnomalyConfig(method=config.method, appearance=config.appearance, presmooth=config.presmooth,
-                              error_floor=config.error_floor),
+                              error_floor=config.error_floor, error_view_sigma=config.error_view_sigma),
         calibration_source=None if config.calibration == "none" else config.calibration,
         device=device,
     )

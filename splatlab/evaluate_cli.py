@@ -63,6 +63,7 @@ def evaluate_cli(
     appearance: str = EvalConfig.appearance,
     presmooth: float = EvalConfig.presmooth,
     error_floor: float | None = EvalConfig.error_floor,
+    error_view_sigma: float | None = EvalConfig.error_view_sigma,
     calibration: Literal["pose", "gt_pose", "none"] = "pose",
     calib_every: int = EvalConfig.calib_every,
     baselines: bool = True,
@@ -91,6 +92,8 @@ def evaluate_cli(
         presmooth: Blur σ (px at 224²) of both images before the map; 0: none.
         error_floor: Divide the map by the splats' expected error at the pose plus this fraction of its
             mean (fitted on the training views); None: off.
+        error_view_sigma: Std in degrees of the kernel that weighs the training views by how close their
+            direction is to the query's when the expected error is formed; None: all views alike.
         calibration: Threshold from held-out good views through the pose pipeline, at their known pose,
             or none.
         calib_every: Calibrate on every n-th training view (8 = training's eval split).
@@ -110,7 +113,7 @@ def evaluate_cli(
         size=size, train_preset=train_preset, iterations=iterations, pose_preset=pose_preset, method=method,
         compare_methods=tuple(c for c in compare if c != "none"), appearance=appearance, presmooth=presmooth,
         calibration=calibration, calib_every=calib_every, max_queries=max_queries, baselines=baselines,
-        seed=seed, error_floor=error_floor,
+        seed=seed, error_floor=error_floor, error_view_sigma=error_view_sigma,
     )
     if pose:
         return _evaluate_poses(root, class_dirs, config, runs, heldout, json, device)

@@ -5,17 +5,23 @@ draw too weakly or a little off, sensor and Monte Carlo noise on fine texture, s
 look these false peaks, not the defects, decide the image score. They sit on the same parts of the object
 from view to view (a glossy head, a printed stripe), so they can be learnt from defect-free data:
 
-1. each training view is compared with its own render (the view's known pose), giving a good map ``m_v``;
-2. every Gaussian collects the map where it is drawn, weighted by its blending weight ``w_i(p)``:
-   ``e_i = (Σ_v Σ_p w_i(p) m_v(p) + κ μ) / (Σ_v Σ_p w_i(p) + κ)``, with ``μ`` the mean of the maps over the
-   object and ``κ = 1`` a prior that keeps rarely seen Gaussians at ``μ``. Both sums are gradients of one
-   render with respect to the Gaussians' colours, so any differentiable backend computes them;
-3. at a query's pose the field is rendered like a colour (:func:`render_expected_error`) and the map is
-   divided by it: ``map / (E + floor · μ)`` (:func:`normalize_map`). The floor keeps parts the model
-   always gets right from turning noise into peaks.
+1. each training view ``v`` is compared with its own render (the view's known pose), giving a good map
+   ``m_v``;
+2. every Gaussian ``i`` collects the map where it is drawn, weighted by its blending weight ``w_i(p)``:
+   ``a_iv = Σ_p w_i(p) m_v(p)`` and ``b_iv = Σ_p w_i(p)``. Both are gradients of one render with respect to
+   the Gaussians' colours, so any differentiable backend computes them; they are kept per view;
+3. at a query's pose the field is a kernel regression over the training views' directions:
+   ``e_i = (Σ_v k_v a_iv + κ μ) / (Σ_v k_v b_iv + κ)``, with ``k_v = exp((cos θ_v − 1) / σ²)`` (≈ a Gaussian
+   of std σ in θ_v, the angle between the query's and view v's camera seen from the object's centre),
+   ``μ`` the mean of the maps over the object and ``κ = 1`` a prior that keeps rarely seen Gaussians at
+   ``μ``. A highlight moves with the view, so the views near the query's say best where it will be;
+   ``σ = None`` weighs every view alike (a view-independent field);
+4. the field is rendered like a colour (:func:`render_expected_error`) and the map is divided by it:
+   ``map / (E + floor · μ)`` (:func:`normalize_map`). The floor keeps parts the model always gets right
+   from turning noise into peaks.
 
-Only good training views are used, never test images; the field is fitted once per class and anomaly
-setting and kept in the run folder (:func:`expected_error_path`).
+Only good training views are used, never test images; the sums are fitted once per class and map setting
+and kept in the run folder (:func:`expected_error_path`); σ and the floor apply at the query.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -44,16 +52,43 @@ PRIOR_WEIGHT = 1.0  # κ: pixels' worth of blending weight at the mean error giv
 
 @dataclass(frozen=True)
 class ExpectedError:
-    """Per-Gaussian expected anomaly-map value on good views, and its mean over the object."""
+    """Per-Gaussian, per-training-view sums of the good maps (see the module doc), and their mean."""
 
-    values: Tensor  # expected map value where each Gaussian is drawn. [N]
+    weighted: Tensor  # a_iv: the good map of view v summed where Gaussian i is drawn, blending-weighted. [N, V]
+    weights: Tensor  # b_iv: Gaussian i's blending weight summed over view v's pixels. [N, V]
+    directions: Tensor  # unit vectors from the object's centre towards each view's camera. [V, 3]
+    centre: Tensor  # the object's centre (the mean of the Gaussians' centres). [3]
     mean: float  # μ: mean map value over the object in the training views
     key: str  # fit_key of the map settings it was fitted with
 
+    def __post_init__(self) -> None:
+        n, v = self.weighted.shape
+        assert self.weights.shape == (n, v) and self.directions.shape == (v, 3), (
+            self.weights.shape, self.directions.shape)
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.weighted.shape[0])
+
+    def values(self, viewmat: Tensor | None = None, view_sigma: float | None = None) -> Tensor:
+        """The expected map value of each Gaussian seen from ``viewmat`` (world→camera [4, 4]), with the
+        views weighted by a kernel of std ``view_sigma`` degrees; None: every view alike. [N]"""
+        if view_sigma is None:
+            k = torch.ones(self.weighted.shape[1], device=self.weighted.device)
+        else:
+            if viewmat is None:
+                raise ValueError("view_sigma needs the query's viewmat")
+            cos = self.directions @ _direction(viewmat.to(self.centre), self.centre)
+            k = torch.exp((cos - 1.0) / math.radians(view_sigma) ** 2)
+        num, den = self.weighted.float() @ k, self.weights.float() @ k
+        return (num + PRIOR_WEIGHT * self.mean) / (den + PRIOR_WEIGHT)
+
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temp file beside it, then rename)."""
+        """Write atomically (temp file beside it, then rename); the sums as float16, half the bytes."""
         buf = io.BytesIO()
-        torch.save({"values": self.values.detach().cpu(), "mean": float(self.mean), "key": self.key}, buf)
+        torch.save({"format": _FORMAT, "weighted": self.weighted.detach().cpu().half(),
+                    "weights": self.weights.detach().cpu().half(), "directions": self.directions.cpu(),
+                    "centre": self.centre.cpu(), "mean": float(self.mean), "key": self.key}, buf)
         return write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -61,14 +96,29 @@ class ExpectedError:
         path = Path(path)
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
-            return cls(d["values"].float(), float(d["mean"]), str(d["key"]))
-        except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
+            if d.get("format") != _FORMAT:
+                raise ValueError(f"{path}: written by an older splatlab (a view-independent field)")
+            return cls(d["weighted"].float(), d["weights"].float(), d["directions"].float(),
+                       d["centre"].float(), float(d["mean"]), str(d["key"]))
+        except (RuntimeError, KeyError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as exc:
             raise ValueError(f"{path}: not an expected-error file ({exc})") from exc
 
 
+_FORMAT = 2  # per-view sums; format 1 (no "format" key) kept one value per Gaussian
+
+
+def _direction(viewmat: Tensor, centre: Tensor) -> Tensor:
+    """Unit vector from ``centre`` towards the camera of a world→camera ``viewmat``. [4, 4] -> [3]"""
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    return F.normalize(-R.T @ t - centre, dim=0)
+
+
+_QUERY_TIME = ("error_floor", "error_view_sigma")  # AnomalyConfig fields the sums do not depend on
+
+
 def fit_key(anomaly: AnomalyConfig) -> str:
-    """A short hash of the map settings a field depends on (all but the floor, which does not change it)."""
-    fields = {k: v for k, v in dataclasses.asdict(anomaly).items() if k != "error_floor"}
+    """A short hash of the map settings a field depends on (all but the floor and σ, applied at the query)."""
+    fields = {k: v for k, v in dataclasses.asdict(anomaly).items() if k not in _QUERY_TIME}
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -107,7 +157,7 @@ def fit_expected_error(
     Args:
         splats: The good object's splats.
         views: The class's training views (:class:`splatlab.data.TrainViews`). [V]
-        anomaly: The map settings (``error_floor`` is not used here).
+        anomaly: The map settings (``error_floor`` and ``error_view_sigma`` apply later, at the query).
         background: The render background. [3]
         eps2d: The splats' 2D low-pass, as trained.
         backend: Renderer backend.
@@ -121,11 +171,11 @@ def fit_expected_error(
     cams = views.cameras
     dev = splats["means"].device
     n = splats["means"].shape[0]
-    num = torch.zeros(n, device=dev)
-    den = torch.zeros(n, device=dev)
-    total = count = 0.0
     indices = list(range(len(views.images))) if indices is None else list(indices)
-    for i in tqdm(indices, desc="expected error", disable=not progress, leave=False):
+    weighted = torch.zeros(n, len(indices), device=dev)
+    weights = torch.zeros(n, len(indices), device=dev)
+    total = count = 0.0
+    for j, i in enumerate(tqdm(indices, desc="expected error", disable=not progress, leave=False)):
         vm, K = cams.viewmats[i].to(dev, torch.float32), cams.Ks[i].to(dev, torch.float32)
         with torch.no_grad():
             img, alpha, _ = render_splats(splats, Cameras(vm[None], K[None], cams.width, cams.height),
@@ -140,19 +190,23 @@ def fit_expected_error(
         colours = torch.zeros(n, 2, device=dev, requires_grad=True)
         out, _ = _render_colours(splats, colours, vm, K, cams.width, cams.height, eps2d, backend)
         ((out[..., 0] * good).sum() + out[..., 1].sum()).backward()
-        num += colours.grad[:, 0]
-        den += colours.grad[:, 1]
+        weighted[:, j] = colours.grad[:, 0]
+        weights[:, j] = colours.grad[:, 1]
     mean = total / max(count, 1.0)
-    values = (num + PRIOR_WEIGHT * mean) / (den + PRIOR_WEIGHT)
+    centre = splats["means"].detach().float().mean(dim=0)
+    vms = cams.viewmats[indices].to(dev, torch.float32)
+    directions = torch.stack([_direction(vm, centre) for vm in vms]) if indices else torch.zeros(0, 3)
     log.info("expected error fitted on %d good views: mean %.4g over the object", len(indices), mean)
-    return ExpectedError(values.detach(), mean, fit_key(anomaly))
+    return ExpectedError(weighted, weights, directions.to(dev), centre, mean, fit_key(anomaly))
 
 
 def render_expected_error(splats, expected: ExpectedError, viewmat: Tensor, K: Tensor, width: int,
-                          height: int, *, eps2d: float, backend: str = "auto") -> Tensor:
-    """The expected map at a pose: the field rendered like a colour, ``μ`` off the object. [H, W]"""
+                          height: int, *, view_sigma: float | None, eps2d: float, backend: str = "auto") -> Tensor:
+    """The expected map at a pose: the field seen from there (views weighted by a kernel of std
+    ``view_sigma`` degrees, ``AnomalyConfig.error_view_sigma``; None: all alike), rendered like a colour,
+    ``μ`` off the object. [H, W]"""
     dev = splats["means"].device
-    colours = expected.values.to(dev)[:, None].contiguous()
+    colours = expected.values(viewmat, view_sigma).to(dev)[:, None].contiguous()
     with torch.no_grad():
         vm, K = viewmat.to(dev, torch.float32), K.to(dev, torch.float32)
         out, alpha = _render_colours(splats, colours, vm, K, width, height, eps2d, backend)

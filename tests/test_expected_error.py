@@ -63,14 +63,23 @@ def _fit(splats, views, anomaly=ANOMALY):
                               progress=False)
 
 
+def _field(weighted, weights, directions, mean=0.5, key="k") -> ExpectedError:
+    weighted, weights = torch.as_tensor(weighted, dtype=torch.float32), torch.as_tensor(weights, dtype=torch.float32)
+    return ExpectedError(weighted, weights, torch.as_tensor(directions, dtype=torch.float32), torch.zeros(3),
+                         mean, key)
+
+
 def test_the_field_is_high_where_good_views_disagree(scene):
     splats, _, shiny, views, _ = scene
     field = _fit(splats, views)
-    assert field.values.shape == (250,) and field.mean > 0 and field.key == fit_key(ANOMALY)
-    assert float(field.values[shiny].mean()) > 3 * float(field.values[~shiny].mean())
+    values = field.values()
+    assert values.shape == (250,) and field.weighted.shape == (250, len(views.images))
+    assert field.mean > 0 and field.key == fit_key(ANOMALY)
+    assert float(values[shiny].mean()) > 3 * float(values[~shiny].mean())
     # At a new pose the rendered field is high over the shiny part, the mean off the object.
     cam = _cameras([100.0], [25.0])
-    e = render_expected_error(splats, field, cam.viewmats[0], cam.Ks[0], SIZE, SIZE, eps2d=0.3, backend="cpu")
+    e = render_expected_error(splats, field, cam.viewmats[0], cam.Ks[0], SIZE, SIZE, view_sigma=15.0, eps2d=0.3,
+                              backend="cpu")
     assert e.shape == (SIZE, SIZE)
     assert torch.allclose(e[0, 0], torch.tensor(field.mean))
     with torch.no_grad():
@@ -78,8 +87,38 @@ def test_the_field_is_high_where_good_views_disagree(scene):
     assert float(e[alpha[0, ..., 0] > 0.9].max()) > 2 * float(e[alpha[0, ..., 0] > 0.9].min())
 
 
+def test_a_narrow_view_kernel_expects_what_the_nearby_views_got_wrong():
+    # Gaussian 0 was wrong (map 4 per unit weight) only in the view from +x; Gaussian 1 only from -x.
+    field = _field([[40.0, 0.0], [0.0, 40.0]], [[10.0, 10.0], [10.0, 10.0]], [[1, 0, 0], [-1, 0, 0]], mean=1.0)
+    from_px = look_at(torch.tensor([4.0, 0.3, 0.0]))  # close to the +x view
+    near = field.values(from_px, view_sigma=10.0)
+    assert float(near[0]) > 3.5 and float(near[1]) < 0.2
+    alike = field.values()  # every view alike: (40 + κμ) / (20 + κ) for both
+    torch.testing.assert_close(alike, torch.full((2,), 41.0 / 21.0))
+    torch.testing.assert_close(field.values(from_px, view_sigma=1e4), alike, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="viewmat"):
+        field.values(None, view_sigma=10.0)
+    with pytest.raises(ValueError, match="error_view_sigma"):
+        AnomalyConfig(error_view_sigma=-1.0)
+
+
+def test_the_view_kernel_follows_a_highlight_that_moves_with_the_view(scene):
+    """Photos in which the shiny part is bright only from the views with azimuth < 180°: seen from there, a
+    narrow kernel expects the error on it; seen from the other side, it does not, unlike the plain field."""
+    splats, photo_splats, shiny, views, _ = scene
+    plain = _render(splats, views.cameras)
+    az = torch.rad2deg(torch.atan2(*torch.linalg.inv(views.cameras.viewmats)[:, [1, 0], 3].T)) % 360
+    lit = (az < 180)[:, None, None, None]
+    field = _fit(splats, TrainViews(torch.where(lit, views.images, plain), views.cameras, []))
+    lit_side, dark_side = _cameras([90.0], [25.0]).viewmats[0], _cameras([270.0], [25.0]).viewmats[0]
+    on_lit = field.values(lit_side, view_sigma=15.0)[shiny].mean()
+    on_dark = field.values(dark_side, view_sigma=15.0)[shiny].mean()
+    assert float(on_lit) > 2 * float(on_dark)
+    assert float(field.values()[shiny].mean()) > 1.5 * float(on_dark)
+
+
 def test_normalize_map_divides_by_the_blurred_field_plus_a_floor():
-    field = ExpectedError(torch.ones(3), 0.5, "k")
+    field = _field(torch.ones(3, 1), torch.ones(3, 1), [[0.0, 0.0, 1.0]])
     config = AnomalyConfig(blur_sigma=0.0, error_floor=1.0)
     amap = torch.full((8, 8), 3.0)
     out = normalize_map(amap, torch.full((4, 4), 1.0), field, config)
@@ -89,12 +128,16 @@ def test_normalize_map_divides_by_the_blurred_field_plus_a_floor():
     assert AnomalyConfig.paper().error_floor is None
 
 
-def test_save_load_and_a_broken_file(tmp_path):
-    field = ExpectedError(torch.arange(4.0), 0.25, "abc")
+def test_save_load_an_old_and_a_broken_file(tmp_path):
+    field = _field(torch.arange(8.0).reshape(4, 2), torch.ones(4, 2), [[0, 0, 1], [1, 0, 0]], 0.25, "abc")
     path = field.save(tmp_path / "e.pt")
     back = ExpectedError.load(path)
-    torch.testing.assert_close(back.values, field.values)
+    torch.testing.assert_close(back.weighted, field.weighted)
+    torch.testing.assert_close(back.directions, field.directions)
     assert back.mean == 0.25 and back.key == "abc"
+    torch.save({"values": torch.ones(4), "mean": 0.25, "key": "abc"}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="older splatlab"):
+        ExpectedError.load(tmp_path / "old.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="bad.pt"):
         ExpectedError.load(tmp_path / "bad.pt")
@@ -117,4 +160,5 @@ def test_detection_fits_once_keeps_it_and_discounts_the_known_nuisance(scene, mo
     # A second model reads the saved field instead of fitting again.
     monkeypatch.setattr("splatlab.detect.fit_expected_error", lambda *a, **k: pytest.fail("fitted again"))
     again = DetectorModel.from_run(run, views, pose_config=POSE, anomaly=anomaly, calibration_source=None)
-    torch.testing.assert_close(again.expected_error_field().values, model.expected_error.values)
+    torch.testing.assert_close(again.expected_error_field().weighted, model.expected_error.weighted,
+                               rtol=1e-3, atol=1e-3)  # saved as float16
