@@ -84,10 +84,10 @@ class ExpectedError:
         return (num + PRIOR_WEIGHT * self.mean) / (den + PRIOR_WEIGHT)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temp file beside it, then rename); the sums as float16, half the bytes."""
+        """Write atomically (temp file beside it, then rename)."""
         buf = io.BytesIO()
-        torch.save({"format": _FORMAT, "weighted": self.weighted.detach().cpu().half(),
-                    "weights": self.weights.detach().cpu().half(), "directions": self.directions.cpu(),
+        torch.save({"format": _FORMAT, "weighted": self.weighted.detach().cpu(),
+                    "weights": self.weights.detach().cpu(), "directions": self.directions.cpu(),
                     "centre": self.centre.cpu(), "mean": float(self.mean), "key": self.key}, buf)
         return write_bytes(path, buf.getvalue())
 
