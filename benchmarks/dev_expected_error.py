@@ -49,7 +49,8 @@ def score_class(c, loaded, spec: dict, floors, fields: dict) -> dict[str, dict[s
     cfg = AnomalyConfig(**{**spec, "error_floor": None})
     bg = torch.ones(3)
     if fit_key(cfg) not in fields:
-        fields[fit_key(cfg)] = fit_expected_error(splats, train, cfg, background=bg, eps2d=eps2d, progress=False)
+        fields[fit_key(cfg)] = fit_expected_error(splats, train, cfg, background=bg, eps2d=eps2d,
+                                                  progress=False)
     field = fields[fit_key(cfg)]
     q, r = torch.from_numpy(c["query"]).float(), torch.from_numpy(c["render"]).float()
     a = torch.from_numpy(c["alpha"]).float()

@@ -130,7 +130,9 @@ class AnomalyConfig:
         if self.error_view_sigma is not None and not (
             math.isfinite(self.error_view_sigma) and self.error_view_sigma > 0
         ):
-            raise ValueError(f"error_view_sigma must be a positive number or None, got {self.error_view_sigma}")
+            raise ValueError(
+                f"error_view_sigma must be a positive number or None, got {self.error_view_sigma}"
+            )
         if self.shift < 0:
             raise ValueError(f"shift must be >= 0, got {self.shift}")
         if self.stages is None:  # frozen: resolve the method's default once, here

@@ -54,7 +54,7 @@ PRIOR_WEIGHT = 1.0  # κ: pixels' worth of blending weight at the mean error giv
 class ExpectedError:
     """Per-Gaussian, per-training-view sums of the good maps (see the module doc), and their mean."""
 
-    weighted: Tensor  # a_iv: the good map of view v summed where Gaussian i is drawn, blending-weighted. [N, V]
+    weighted: Tensor  # a_iv: view v's good map summed where Gaussian i is drawn, blending-weighted. [N, V]
     weights: Tensor  # b_iv: Gaussian i's blending weight summed over view v's pixels. [N, V]
     directions: Tensor  # unit vectors from the object's centre towards each view's camera. [V, 3]
     centre: Tensor  # the object's centre (the mean of the Gaussians' centres). [3]
@@ -78,7 +78,7 @@ class ExpectedError:
         else:
             if viewmat is None:
                 raise ValueError("view_sigma needs the query's viewmat")
-            cos = self.directions @ _direction(viewmat.to(self.centre), self.centre)
+            cos = self.directions @ _directions(viewmat.to(self.centre), self.centre)
             k = torch.exp((cos - 1.0) / math.radians(view_sigma) ** 2)
         num, den = self.weighted.float() @ k, self.weights.float() @ k
         return (num + PRIOR_WEIGHT * self.mean) / (den + PRIOR_WEIGHT)
@@ -107,10 +107,11 @@ class ExpectedError:
 _FORMAT = 2  # per-view sums; format 1 (no "format" key) kept one value per Gaussian
 
 
-def _direction(viewmat: Tensor, centre: Tensor) -> Tensor:
-    """Unit vector from ``centre`` towards the camera of a world→camera ``viewmat``. [4, 4] -> [3]"""
-    R, t = viewmat[:3, :3], viewmat[:3, 3]
-    return F.normalize(-R.T @ t - centre, dim=0)
+def _directions(viewmats: Tensor, centre: Tensor) -> Tensor:
+    """Unit vectors from ``centre`` towards the cameras of world→camera matrices. [..., 4, 4] -> [..., 3]"""
+    from splatlab.cameras import camera_centers
+
+    return F.normalize(camera_centers(viewmats) - centre, dim=-1)
 
 
 _QUERY_TIME = ("error_floor", "error_view_sigma")  # AnomalyConfig fields the sums do not depend on
@@ -194,14 +195,14 @@ def fit_expected_error(
         weights[:, j] = colours.grad[:, 1]
     mean = total / max(count, 1.0)
     centre = splats["means"].detach().float().mean(dim=0)
-    vms = cams.viewmats[indices].to(dev, torch.float32)
-    directions = torch.stack([_direction(vm, centre) for vm in vms]) if indices else torch.zeros(0, 3)
+    directions = _directions(cams.viewmats[indices].to(dev, torch.float32), centre)
     log.info("expected error fitted on %d good views: mean %.4g over the object", len(indices), mean)
-    return ExpectedError(weighted, weights, directions.to(dev), centre, mean, fit_key(anomaly))
+    return ExpectedError(weighted, weights, directions, centre, mean, fit_key(anomaly))
 
 
 def render_expected_error(splats, expected: ExpectedError, viewmat: Tensor, K: Tensor, width: int,
-                          height: int, *, view_sigma: float | None, eps2d: float, backend: str = "auto") -> Tensor:
+                          height: int, *, view_sigma: float | None, eps2d: float,
+                          backend: str = "auto") -> Tensor:
     """The expected map at a pose: the field seen from there (views weighted by a kernel of std
     ``view_sigma`` degrees, ``AnomalyConfig.error_view_sigma``; None: all alike), rendered like a colour,
     ``μ`` off the object. [H, W]"""

@@ -64,7 +64,8 @@ def _fit(splats, views, anomaly=ANOMALY):
 
 
 def _field(weighted, weights, directions, mean=0.5, key="k") -> ExpectedError:
-    weighted, weights = torch.as_tensor(weighted, dtype=torch.float32), torch.as_tensor(weights, dtype=torch.float32)
+    weighted = torch.as_tensor(weighted, dtype=torch.float32)
+    weights = torch.as_tensor(weights, dtype=torch.float32)
     return ExpectedError(weighted, weights, torch.as_tensor(directions, dtype=torch.float32), torch.zeros(3),
                          mean, key)
 
@@ -78,7 +79,8 @@ def test_the_field_is_high_where_good_views_disagree(scene):
     assert float(values[shiny].mean()) > 3 * float(values[~shiny].mean())
     # At a new pose the rendered field is high over the shiny part, the mean off the object.
     cam = _cameras([100.0], [25.0])
-    e = render_expected_error(splats, field, cam.viewmats[0], cam.Ks[0], SIZE, SIZE, view_sigma=15.0, eps2d=0.3,
+    e = render_expected_error(splats, field, cam.viewmats[0], cam.Ks[0], SIZE, SIZE, view_sigma=15.0,
+                              eps2d=0.3,
                               backend="cpu")
     assert e.shape == (SIZE, SIZE)
     assert torch.allclose(e[0, 0], torch.tensor(field.mean))
@@ -89,7 +91,8 @@ def test_the_field_is_high_where_good_views_disagree(scene):
 
 def test_a_narrow_view_kernel_expects_what_the_nearby_views_got_wrong():
     # Gaussian 0 was wrong (map 4 per unit weight) only in the view from +x; Gaussian 1 only from -x.
-    field = _field([[40.0, 0.0], [0.0, 40.0]], [[10.0, 10.0], [10.0, 10.0]], [[1, 0, 0], [-1, 0, 0]], mean=1.0)
+    field = _field([[40.0, 0.0], [0.0, 40.0]], [[10.0, 10.0], [10.0, 10.0]], [[1, 0, 0], [-1, 0, 0]],
+                   mean=1.0)
     from_px = look_at(torch.tensor([4.0, 0.3, 0.0]))  # close to the +x view
     near = field.values(from_px, view_sigma=10.0)
     assert float(near[0]) > 3.5 and float(near[1]) < 0.2
