@@ -10,7 +10,8 @@ training views (all of them, each at its known pose), renders it at each cached 
 field is smooth, and the estimated poses are within a fraction of a degree) and scores the cached
 query/render pairs with the map divided by ``field + floor · mean`` (the field seen from the test pose with
 the variant's ``error_view_sigma``). Prints per variant and floor the mean
-image AUROC, per class and per defect type; the last line is one JSON object. For choosing settings on a
+image AUROC, per class and per defect type (``--pixels``: also pixel AUROC and AUPRO@0.3); the last line is
+one JSON object. For choosing settings on a
 development split only, never on test images.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from dev_maps import defect_aurocs, load_cache, parse_variants  # this folder's sibling study script
+from torch import Tensor
 
 
 def load_class(class_dir: Path, args):
@@ -37,13 +39,16 @@ def load_class(class_dir: Path, args):
     return splats, run_eps2d(run), mc.train, load_test_poses(class_dir, size=args.size).cameras
 
 
-def score_class(c, loaded, spec: dict, floors, fields: dict) -> dict[str, dict[str, float]]:
+def score_class(
+    c, loaded, spec: dict, floors, fields: dict, pixels: bool = False
+) -> dict[str, dict[str, float]]:
     """{setting: AUROCs} of one cached class for one variant: without the field, and per floor. ``fields``
-    keeps the class's fitted fields by ``fit_key``, so variants of the floor or σ alone fit once."""
-    from splatlab.anomaly import AnomalyConfig, anomaly_map
+    keeps the class's fitted fields by ``fit_key``, so variants of the floor or σ alone fit once. With
+    ``pixels``, also the pixel AUROC and AUPRO@0.3 of the maps at the masks' size."""
+    from splatlab.anomaly import AnomalyConfig, anomaly_map, resize_map
     from splatlab.appearance import align_render
     from splatlab.expected_error import fit_expected_error, fit_key, normalize_map, render_expected_error
-    from splatlab.metrics import image_auroc
+    from splatlab.metrics import aupro, image_auroc, pixel_auroc
 
     splats, eps2d, train, gt = loaded
     cfg = AnomalyConfig(**{**spec, "error_floor": None})
@@ -60,15 +65,22 @@ def score_class(c, loaded, spec: dict, floors, fields: dict) -> dict[str, dict[s
                                    gt.height, view_sigma=cfg.error_view_sigma, eps2d=eps2d)
              for i in c["indices"]]
     labels, defects = np.asarray(c["label"]), np.asarray(c["defects"])
+    masks = np.asarray(c["mask"]).astype(bool)
 
-    def aurocs(scores: np.ndarray) -> dict[str, float]:
-        return {"image_auroc": 100 * image_auroc(scores, labels), **defect_aurocs(scores, labels, defects)}
+    def aurocs(m: Tensor) -> dict[str, float]:
+        scores = m.flatten(1).amax(1).numpy()
+        out = {"image_auroc": 100 * image_auroc(scores, labels), **defect_aurocs(scores, labels, defects)}
+        if pixels:  # at the masks' size, as splatlab.detect reports them
+            full = resize_map(m, tuple(masks.shape[1:])).numpy()
+            out.update(pixel_auroc=100 * pixel_auroc(full, masks), aupro=100 * aupro(full, masks))
+        return out
 
-    out = {"none": aurocs(maps.flatten(1).amax(1).numpy())}
+    out = {"none": aurocs(maps)}
     for floor in floors:
         fc = AnomalyConfig(**{**spec, "error_floor": floor})
-        s = torch.stack([normalize_map(m, e, field, fc).amax() for m, e in zip(maps, emaps, strict=True)])
-        out[f"floor {floor:g}"] = aurocs(s.numpy())
+        out[f"floor {floor:g}"] = aurocs(
+            torch.stack([normalize_map(m, e, field, fc) for m, e in zip(maps, emaps, strict=True)])
+        )
     return out
 
 
@@ -83,6 +95,7 @@ def main(argv=None) -> int:
         help='NAME:{"field": value, ...}: AnomalyConfig fields over the defaults (repeatable)',
     )
     p.add_argument("--no-default", action="store_true", help="score only the --variant settings")
+    p.add_argument("--pixels", action="store_true", help="also pixel AUROC and AUPRO@0.3 (slower)")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--train-preset", default="cpu")
     args = p.parse_args(argv)
@@ -94,7 +107,7 @@ def main(argv=None) -> int:
         loaded = load_class(Path(args.data) / cls, args)  # once per class, shared by the variants
         fields = {}
         for name, spec in variants.items():
-            rows[name][cls] = score_class(c, loaded, spec, args.floors, fields)
+            rows[name][cls] = score_class(c, loaded, spec, args.floors, fields, args.pixels)
             print(name, cls, " ".join(f"{k} {v['image_auroc']:5.1f}" for k, v in rows[name][cls].items()),
                   file=sys.stderr, flush=True)
     result = {}
@@ -105,7 +118,7 @@ def main(argv=None) -> int:
             keys = sorted({k for r in rows_v.values() for k in r[s]})
             mean[s] = {k: float(np.mean([r[s][k] for r in rows_v.values() if k in r[s]])) for k in keys}
             per = " ".join(f"{k[:6]} {v[s]['image_auroc']:5.1f}" for k, v in rows_v.items())
-            dd = " ".join(f"{k[:5]} {v:5.1f}" for k, v in mean[s].items() if k != "image_auroc")
+            dd = " ".join(f"{k[:6]} {v:5.1f}" for k, v in mean[s].items() if k != "image_auroc")
             line = f"{name:12s} {s:10s} {mean[s]['image_auroc']:5.1f} | {per} | {dd}"
             print(line, file=sys.stderr, flush=True)
         result[name] = {"spec": variants[name], "mean": mean, "classes": rows_v}

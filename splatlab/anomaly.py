@@ -89,9 +89,9 @@ class AnomalyConfig:
     shift: int = 1  # "cosine": a query feature may match a reference feature up to this many cells away
     blur_sigma: float = 4.0  # σ in pixels (at `size`) of the Gaussian blur of the map; 0 disables it
     # σ in pixels (at `size`) of a Gaussian blur of both images before they are compared: sensor and
-    # render noise the splats do not have (2.2: chosen on the realistic look's development split, see
-    # docs/realism.md); 0 (SplatPose) compares the images as they are
-    presmooth: float = 2.2
+    # render noise the splats do not have (1.0: chosen on the development splits of both looks, with the
+    # expected error below, see docs/realism.md); 0 (SplatPose) compares the images as they are
+    presmooth: float = 1.0
     rgb_weight: float = 1.0  # weight of the RGB term in "splatpose"
     feature_weight: float = 1.0  # weight of the (summed) feature terms in "splatpose"
     ssim_window: int = 11  # side of the Gaussian SSIM window (σ = 1.5), for "ssim"
