@@ -19,6 +19,9 @@ of the estimate (by default the library chooses them, :mod:`splatlab.threads`, a
 
 The pose preset is ``--pose-preset`` (``--preset`` is the same option, its older name), as in
 ``splatlab evaluate`` and ``splatlab detect``.
+
+``--from-truth`` skips the search and starts each refinement at the true pose: the error it ends with is
+that of the pose loss's minimum under these splats (the model's bias), a floor for the full pipeline.
 """
 
 from __future__ import annotations
@@ -87,6 +90,10 @@ def main(argv=None) -> int:
         help="PoseConfig fields to override, e.g. --set steps=80 lr_decay_every=15 pnp.k=5",
     )
     parser.add_argument(
+        "--from-truth", action="store_true",
+        help="no search: refine each query from its true pose (where the pose loss's minimum lies)",
+    )
+    parser.add_argument(
         "--view-fraction", type=float, default=1.0,
         help="train on this share of the training views (evenly spread, splatlab.sweep.view_subset; 1 = all)",
     )
@@ -125,7 +132,8 @@ def main(argv=None) -> int:
 
             views_root = Path(args.runs) if args.runs else default_run_root()
             class_dir = view_subset(class_dir, args.view_fraction, views_root / "views")
-        rows.append(evaluate_pose_class(class_dir, config, eval_config, args.runs, args.heldout))
+        rows.append(evaluate_pose_class(class_dir, config, eval_config, args.runs, args.heldout,
+                                        from_truth=args.from_truth))
         print(pose_row_text(rows[-1]), flush=True)
     result = summarize_poses(rows, config, eval_config) | {
         "pose_preset": args.pose_preset,

@@ -293,6 +293,7 @@ def evaluate_pose_class(
     runs_root: str | Path | None = None,
     heldout: int = 0,
     device=None,
+    from_truth: bool = False,
 ) -> dict:
     """Pose accuracy and speed of one class: coarse retrieval, hypotheses and refinement of every query.
 
@@ -304,6 +305,8 @@ def evaluate_pose_class(
         runs_root: Where trained runs are cached; ``runs/`` by default.
         heldout: Also query every n-th training view, its own view excluded from retrieval (0 = none).
         device: Where to train and render; None means the CPU.
+        from_truth: Refine each query from its true pose, no search: the pose loss's own error
+            (:func:`splatlab.pose_eval.evaluate_poses`).
 
     Returns:
         AUC at 5/10/20° (percent), median rotation (degrees) and translation errors (world units), wall
@@ -334,7 +337,8 @@ def evaluate_pose_class(
     estimate_pose(images[0], splats, retriever, warm, device)
     cpu0 = time.process_time()
     ev = evaluate_poses(
-        splats, retriever, images, gts, pose_config, device, exclude=excludes, names=names, keep_results=True
+        splats, retriever, images, gts, pose_config, device, exclude=excludes, names=names, keep_results=True,
+        from_truth=from_truth,
     )
     cpu_seconds = time.process_time() - cpu0
     s = ev.summary()
@@ -357,6 +361,8 @@ def evaluate_pose_class(
         "pnp_fallbacks": sum(r.fallback_reason is not None for r in done),
         "diverged": s["diverged"],
         "worst": {"query": names[worst], "rot_deg": round(float(ev.rot_deg[worst]), 2)},
+        "mean_rot_deg": round(float(ev.rot_deg.clamp(max=180).mean()), 3),
+        "from_truth": from_truth,
     }
 
 

@@ -66,11 +66,16 @@ def evaluate_poses(
     exclude: list[list[int]] | None = None,
     names: list[str] | None = None,
     keep_results: bool = False,
+    from_truth: bool = False,
 ) -> PoseEvaluation:
     """Estimate the pose of every query and compare it with the ground truth.
 
     Ground truth comes from held-out training views (``retriever.cameras`` with ``exclude=[[i], ...]``) or
     from generated test images (:func:`splatlab.data.load_test_poses`), read only here.
+
+    With ``from_truth`` the search is skipped and each query's refinement starts at its true pose: where it
+    ends is the minimum of the pose loss under these splats, so its error is the model's bias, which no
+    search or step count removes (a diagnostic; the true pose is never an input otherwise).
 
     Args:
         splats: The object's splats.
@@ -82,6 +87,7 @@ def evaluate_poses(
         exclude: Per query, training views not to retrieve. [Q][E]
         names: A label per query. [Q]
         keep_results: Keep every :class:`PoseResult` (with its history).
+        from_truth: Refine from the true pose (``config``'s schedule) instead of estimating it.
     """
     from tqdm.auto import tqdm
 
@@ -95,9 +101,13 @@ def evaluate_poses(
     for i in tqdm(range(len(queries)), desc="poses", leave=False):
         t0 = time.perf_counter()
         try:
-            res = estimate_pose(
-                queries[i], splats, retriever, config, device, None if exclude is None else exclude[i]
-            )
+            if from_truth:
+                res = refine(queries[i], splats, gt_viewmats[i].float(), retriever.cameras.Ks[0].float(),
+                             config, device)
+            else:
+                res = estimate_pose(
+                    queries[i], splats, retriever, config, device, None if exclude is None else exclude[i]
+                )
         except PoseDivergedError as exc:
             log.warning("query %d diverged: %s", i, exc)
             rot.append(float("inf")), trans.append(float("inf")), results.append(None)
