@@ -9,10 +9,9 @@ the defaults; ``default`` is always scored): fits the field with the variant's m
 training views (all of them, each at its known pose), renders it at each cached query's true test pose (the
 field is smooth, and the estimated poses are within a fraction of a degree) and scores the cached
 query/render pairs with the map divided by ``field + floor · mean`` (the field seen from the test pose with
-the variant's ``error_view_sigma``). Prints per variant and floor the mean
-image AUROC, per class and per defect type (``--pixels``: also pixel AUROC and AUPRO@0.3); the last line is
-one JSON object. For choosing settings on a
-development split only, never on test images.
+the variant's ``error_view_sigma``). Prints per variant and floor the mean image AUROC, per class and per
+defect type (``--pixels``: also pixel AUROC and AUPRO@0.3); the last line is one JSON object. For choosing
+settings on a development split only, never on test images.
 """
 
 from __future__ import annotations
