@@ -1,6 +1,7 @@
 """Rebuild the LEGO-MAD meshes in data/meshes/ from an LDraw parts library.
 
     python data/build_meshes.py /path/to/ldraw            # e.g. Debian's ldraw-parts-free: /usr/share/ldraw
+    python data/build_meshes.py /path/to/ldraw --out ../heldout --part 07Penguin=26074p01.dat:0   # any part
 
 Needs the `ldraw` extra (`pip install ldraw2mesh`). Each class is one LDraw part in one colour. The script
 writes a one-line LDraw model per class, converts it to glTF with ldraw2mesh (which stores linear-light
@@ -129,7 +130,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("library", type=Path, help="LDraw library folder (holds LDConfig.ldr and parts/)")
     parser.add_argument("--out", type=Path, default=HERE / "meshes", help="output folder")
+    parser.add_argument(
+        "--part",
+        action="append",
+        default=[],
+        metavar="NAME=PART:COLOUR",
+        help="build this part in this LDraw colour code instead of the shipped classes (repeatable), "
+        "e.g. 07Penguin=26074p01.dat:0",
+    )
     args = parser.parse_args(argv)
+    classes = CLASSES
+    if args.part:
+        classes = {}
+        for spec in args.part:
+            m = re.fullmatch(r"([^=]+)=([^:]+\.dat):(\d+)", spec.strip())
+            if not m:
+                print(f"--part {spec!r}: expected NAME=PART.dat:COLOUR, e.g. 07Penguin=26074p01.dat:0", file=sys.stderr)
+                return 2
+            classes[m.group(1)] = (m.group(2), int(m.group(3)))
     library = args.library.expanduser().resolve()
     if not (library / "LDConfig.ldr").is_file() or not (library / "parts").is_dir():
         print(f"{library}: not an LDraw library (needs LDConfig.ldr and parts/)", file=sys.stderr)
@@ -137,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     index, srgb = _index(library), _ldconfig_srgb(library)
     manifest = []
-    for name, (part, colour) in CLASSES.items():
+    for name, (part, colour) in classes.items():
         if part.lower() not in index:
             print(f"{library / 'parts' / part}: part not found in the library", file=sys.stderr)
             return 2

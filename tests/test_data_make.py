@@ -126,13 +126,17 @@ def test_user_mesh_and_refusals(tmp_path, capsys):
     assert main(["data", "make", *args]) == 2
     assert "splatlab data make: " in capsys.readouterr().err  # one line, the folder named
     with pytest.raises(FileExistsError, match="already exists"):
-        make_cli(out=root, mesh=path, name="02Box", size=48)
+        make_cli(out=root, mesh=(path,), name=("02Box",), size=48)
+    with pytest.raises(ValueError, match="one per file"):
+        make_cli(out=tmp_path / "z", mesh=(path, path), name=("02Box",), size=48)
+    with pytest.raises(ValueError, match="must differ"):  # two files with the same name, no --name
+        make_cli(out=tmp_path / "z", mesh=(path, path), size=48)
     assert tree_hash(root) == before
     with pytest.raises(FileNotFoundError, match="nope.ply"):
         make_dataset(tmp_path / "x", cfg, meshes={"01X": tmp_path / "nope.ply"})
     with pytest.raises(ValueError, match="Unicorn"):
         make_dataset(tmp_path / "y", cfg, classes=["Unicorn"])
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert not any((tmp_path / d).exists() for d in "xyz")
 
 
 def test_default_dataset_location_and_reuse(tmp_path, monkeypatch):

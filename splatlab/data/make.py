@@ -489,8 +489,8 @@ def make_dataset(
 def make_cli(
     out: Path,
     classes: tuple[str, ...] = (),
-    mesh: Path | None = None,
-    name: str = "01Mesh",
+    mesh: tuple[Path, ...] = (),
+    name: tuple[str, ...] = (),
     size: int = 128,
     seed: int = 0,
     supersample: int = 3,
@@ -505,8 +505,8 @@ def make_cli(
     Args:
         out: Output dataset root; must not exist yet.
         classes: Shipped classes to make (default: all, unless --mesh is given).
-        mesh: A mesh file readable by trimesh (GLB/OBJ/PLY…) to make one extra class from.
-        name: Class folder name for --mesh.
+        mesh: Mesh files readable by trimesh (GLB/OBJ/PLY…), one extra class each.
+        name: Class folder names for --mesh, one per file (default: the files' names without suffix).
         size: Image width and height in pixels.
         seed: Random seed; the same seed gives the same bytes.
         supersample: Samples per pixel side for anti-aliasing.
@@ -524,7 +524,13 @@ def make_cli(
     )
     if spp is not None:
         cfg = replace(cfg, realism=replace(cfg.realism, spp=spp))
-    root = make_dataset(out, cfg, list(classes) or None, {name: mesh} if mesh else None, up)
+    meshes = [Path(m) for m in mesh]
+    names = list(name) or [m.stem for m in meshes]
+    if len(names) != len(meshes):
+        raise ValueError(f"--name: {len(names)} names for {len(meshes)} --mesh files; give one per file")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--name: class names must differ, got {', '.join(names)}")
+    root = make_dataset(out, cfg, list(classes) or None, dict(zip(names, meshes)) or None, up)
     print(f"wrote {root}")
     return 0
 
