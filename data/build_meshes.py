@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.part:
             m = re.fullmatch(r"([^=]+)=([^:]+\.dat):(\d+)", spec.strip())
             if not m:
-                print(f"--part {spec!r}: expected NAME=PART.dat:COLOUR, e.g. 07Penguin=26074p01.dat:0", file=sys.stderr)
+                example = "07Penguin=26074p01.dat:0"
+                print(f"--part {spec!r}: expected NAME=PART.dat:COLOUR, e.g. {example}", file=sys.stderr)
                 return 2
             classes[m.group(1)] = (m.group(2), int(m.group(3)))
     library = args.library.expanduser().resolve()

@@ -530,7 +530,7 @@ def make_cli(
         raise ValueError(f"--name: {len(names)} names for {len(meshes)} --mesh files; give one per file")
     if len(set(names)) != len(names):
         raise ValueError(f"--name: class names must differ, got {', '.join(names)}")
-    root = make_dataset(out, cfg, list(classes) or None, dict(zip(names, meshes)) or None, up)
+    root = make_dataset(out, cfg, list(classes) or None, dict(zip(names, meshes, strict=True)) or None, up)
     print(f"wrote {root}")
     return 0
 
