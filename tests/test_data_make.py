@@ -139,6 +139,20 @@ def test_user_mesh_and_refusals(tmp_path, capsys):
     assert not any((tmp_path / d).exists() for d in "xyz")
 
 
+def test_heldout_meshes_are_other_parts_and_load():
+    """The held-out animals load as their manifest says and share no LDraw part with the shipped classes."""
+    shipped = json.loads((data_dir() / "meshes" / "classes.json").read_text())
+    heldout = json.loads((data_dir() / "meshes-heldout" / "classes.json").read_text())
+    assert len(heldout) >= 4
+    assert not {e["part"] for e in shipped} & {e["part"] for e in heldout}
+    assert not {e["name"] for e in shipped} & {e["name"] for e in heldout}
+    for e in heldout:
+        m = load_mesh(data_dir() / "meshes-heldout" / e["mesh"])
+        assert len(m.faces) == e["faces"] and e["authors"], e["name"]
+        radius = float(np.linalg.norm(m.vertices - m.center, axis=1).max())
+        assert abs(radius - 1.0) < 0.05  # normalised like every mesh
+
+
 def test_default_dataset_location_and_reuse(tmp_path, monkeypatch):
     """default_dataset() honours $SPLATLAB_DATA, generates once, then reuses the folder."""
     meshes = tmp_path / "meshes"
