@@ -39,11 +39,12 @@ def load_class(class_dir: Path, args):
 
 
 def score_class(
-    c, loaded, spec: dict, floors, fields: dict, pixels: bool = False
+    c, loaded, spec: dict, floors, fields: dict, pixels: bool = False, fit_views: str = "all"
 ) -> dict[str, dict[str, float]]:
     """{setting: AUROCs} of one cached class for one variant: without the field, and per floor. ``fields``
     keeps the class's fitted fields by ``fit_key``, so variants of the floor or σ alone fit once. With
-    ``pixels``, also the pixel AUROC and AUPRO@0.3 of the maps at the masks' size."""
+    ``pixels``, also the pixel AUROC and AUPRO@0.3 of the maps at the masks' size. ``fit_views``: "all"
+    training views, or "train" (without calibration's held-out views, as the library fits it)."""
     from splatlab.anomaly import AnomalyConfig, anomaly_map, resize_map
     from splatlab.appearance import align_render
     from splatlab.expected_error import fit_expected_error, fit_key, normalize_map, render_expected_error
@@ -53,8 +54,14 @@ def score_class(
     cfg = AnomalyConfig(**{**spec, "error_floor": None})
     bg = torch.ones(3)
     if fit_key(cfg) not in fields:
+        indices = None
+        if fit_views == "train":
+            from splatlab.detect import holdout_indices
+
+            held_out = set(holdout_indices(len(train.images)))
+            indices = [i for i in range(len(train.images)) if i not in held_out]
         fields[fit_key(cfg)] = fit_expected_error(splats, train, cfg, background=bg, eps2d=eps2d,
-                                                  progress=False)
+                                                  indices=indices, progress=False)
     field = fields[fit_key(cfg)]
     q, r = torch.from_numpy(c["query"]).float(), torch.from_numpy(c["render"]).float()
     a = torch.from_numpy(c["alpha"]).float()
@@ -95,6 +102,8 @@ def main(argv=None) -> int:
     )
     p.add_argument("--no-default", action="store_true", help="score only the --variant settings")
     p.add_argument("--pixels", action="store_true", help="also pixel AUROC and AUPRO@0.3 (slower)")
+    p.add_argument("--fit-views", choices=("all", "train"), default="all",
+                   help="fit the field on all training views, or without calibration's held-out ones")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--train-preset", default="cpu")
     args = p.parse_args(argv)
@@ -106,7 +115,7 @@ def main(argv=None) -> int:
         loaded = load_class(Path(args.data) / cls, args)  # once per class, shared by the variants
         fields = {}
         for name, spec in variants.items():
-            rows[name][cls] = score_class(c, loaded, spec, args.floors, fields, args.pixels)
+            rows[name][cls] = score_class(c, loaded, spec, args.floors, fields, args.pixels, args.fit_views)
             print(name, cls, " ".join(f"{k} {v['image_auroc']:5.1f}" for k, v in rows[name][cls].items()),
                   file=sys.stderr, flush=True)
     result = {}

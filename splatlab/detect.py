@@ -185,7 +185,8 @@ class DetectorModel:
 
     def expected_error_field(self, progress: bool = True) -> ExpectedError:
         """The expected-error field for this model's map settings: kept, loaded from the run folder, or
-        fitted on the training views (not the held-out ones :meth:`calibrate` uses) and saved there."""
+        fitted on all the training views and saved there (:meth:`calibrate` leaves each held-out view's own
+        map out of the field when it scores that view)."""
         if self.expected_error is not None and self.expected_error.key == fit_key(self.anomaly):
             return self.expected_error
         self.expected_error = None
@@ -205,10 +206,8 @@ class DetectorModel:
         if self.expected_error is None:
             if self.views is None:
                 raise ValueError("anomaly.error_floor needs the training views: give the model its views")
-            held_out = set(holdout_indices(len(self.views.images)))  # calibration's views stay unseen
             self.expected_error = fit_expected_error(
                 self.splats, self.views, self.anomaly,
-                indices=[i for i in range(len(self.views.images)) if i not in held_out],
                 background=torch.tensor(self.pose_config.background, device=self.device),
                 eps2d=self.pose_config.eps2d, backend=self.pose_config.backend, progress=progress,
             )
@@ -250,7 +249,7 @@ class DetectorModel:
         maps = []
         for i in idx:
             if config.source == "gt_pose":
-                det = detect(views.images[i], self, viewmat=views.cameras.viewmats[i])
+                det = detect(views.images[i], self, viewmat=views.cameras.viewmats[i], exclude=[i])
             else:
                 det = detect(views.images[i], self, mode=mode, exclude=[i])
             maps.append(det.map)
@@ -394,7 +393,8 @@ def detect(
         mode: "full" (retrieve + refine + render), "coarse" (render at the retrieved view, no refinement)
             or "nearest" (compare with the retrieved training image, no rendering).
         viewmat: A known pose to render at instead of estimating one (teaching, calibration, tests). [4, 4]
-        exclude: Training views not to retrieve (a held-out view's own index). [E]
+        exclude: Training views not to retrieve nor to take the expected error from (a held-out view's own
+            index). [E]
         name: What messages call the query (e.g. its file name).
 
     Returns:
@@ -442,7 +442,8 @@ def detect(
         expected = model.expected_error_field()
         emap = render_expected_error(model.splats, expected, vm, cams.Ks[0], cams.width, cams.height,
                                      view_sigma=model.anomaly.error_view_sigma,
-                                     eps2d=model.pose_config.eps2d, backend=model.pose_config.backend)
+                                     eps2d=model.pose_config.eps2d, backend=model.pose_config.backend,
+                                     exclude=exclude)
         amap = normalize_map(amap, emap.cpu(), expected, model.anomaly)
     score = float(image_score(amap))
     top, left, ph, pw = query_padding(*raw_hw, model.height, model.width)

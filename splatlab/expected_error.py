@@ -20,8 +20,11 @@ from view to view (a glossy head, a printed stripe), so they can be learnt from 
    ``map / (E + floor · μ)`` (:func:`normalize_map`). The floor keeps parts the model always gets right
    from turning noise into peaks.
 
-Only good training views are used, never test images; the sums are fitted once per class and map setting
-and kept in the run folder (:func:`expected_error_path`); σ and the floor apply at the query.
+Only good training views are used, never test images: all of them, including the views training held out
+(the splats did not fit those, so they show the error of a new view best). A held-out view that calibrates
+the threshold leaves its own map out (``exclude``), as a test view has none. The sums are fitted once per
+class and map setting and kept in the run folder (:func:`expected_error_path`); σ and the floor apply at the
+query.
 """
 
 from __future__ import annotations
@@ -60,19 +63,26 @@ class ExpectedError:
     centre: Tensor  # the object's centre (the mean of the Gaussians' centres). [3]
     mean: float  # μ: mean map value over the object in the training views
     key: str  # fit_key of the map settings it was fitted with
+    views: Tensor | None = None  # the training-view index of each column; None: 0 .. V-1. [V]
 
     def __post_init__(self) -> None:
         n, v = self.weighted.shape
         assert self.weights.shape == (n, v) and self.directions.shape == (v, 3), (
             self.weights.shape, self.directions.shape)
+        if self.views is None:
+            object.__setattr__(self, "views", torch.arange(v))
+        assert self.views.shape == (v,), self.views.shape
 
     @property
     def num_gaussians(self) -> int:
         return int(self.weighted.shape[0])
 
-    def values(self, viewmat: Tensor | None = None, view_sigma: float | None = None) -> Tensor:
+    def values(
+        self, viewmat: Tensor | None = None, view_sigma: float | None = None, exclude: list[int] | None = None
+    ) -> Tensor:
         """The expected map value of each Gaussian seen from ``viewmat`` (world→camera [4, 4]), with the
-        views weighted by a kernel of std ``view_sigma`` degrees; None: every view alike. [N]"""
+        views weighted by a kernel of std ``view_sigma`` degrees (None: every view alike) and the training
+        views in ``exclude`` left out (a held-out view being calibrated leaves out its own map). [N]"""
         if view_sigma is None:
             k = torch.ones(self.weighted.shape[1], device=self.weighted.device)
         else:
@@ -80,15 +90,18 @@ class ExpectedError:
                 raise ValueError("view_sigma needs the query's viewmat")
             cos = self.directions @ _directions(viewmat.to(self.centre), self.centre)
             k = torch.exp((cos - 1.0) / math.radians(view_sigma) ** 2)
+        if exclude:
+            k = k * ~torch.isin(self.views.to(k.device), torch.as_tensor(list(exclude), device=k.device))
         num, den = self.weighted.float() @ k, self.weights.float() @ k
         return (num + PRIOR_WEIGHT * self.mean) / (den + PRIOR_WEIGHT)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file beside it, then rename)."""
         buf = io.BytesIO()
-        torch.save({"format": _FORMAT, "weighted": self.weighted.detach().cpu(),
+        torch.save({"format": FORMAT, "weighted": self.weighted.detach().cpu(),
                     "weights": self.weights.detach().cpu(), "directions": self.directions.cpu(),
-                    "centre": self.centre.cpu(), "mean": float(self.mean), "key": self.key}, buf)
+                    "centre": self.centre.cpu(), "mean": float(self.mean), "key": self.key,
+                    "views": self.views.cpu()}, buf)
         return write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -96,15 +109,15 @@ class ExpectedError:
         path = Path(path)
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
-            if d.get("format") != _FORMAT:
-                raise ValueError(f"{path}: written by an older splatlab (a view-independent field)")
+            if d.get("format") != FORMAT:
+                raise ValueError(f"{path}: written by an older splatlab (format {d.get('format', 1)})")
             return cls(d["weighted"].float(), d["weights"].float(), d["directions"].float(),
-                       d["centre"].float(), float(d["mean"]), str(d["key"]))
+                       d["centre"].float(), float(d["mean"]), str(d["key"]), d["views"].long())
         except (RuntimeError, KeyError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as exc:
             raise ValueError(f"{path}: not an expected-error file ({exc})") from exc
 
 
-_FORMAT = 2  # per-view sums; format 1 (no "format" key) kept one value per Gaussian
+FORMAT = 3  # per-view sums and their views' indices; 2: fitted without calibration's views; 1: no views
 
 
 def _directions(viewmats: Tensor, centre: Tensor) -> Tensor:
@@ -197,17 +210,17 @@ def fit_expected_error(
     centre = splats["means"].detach().float().mean(dim=0)
     directions = _directions(cams.viewmats[indices].to(dev, torch.float32), centre)
     log.info("expected error fitted on %d good views: mean %.4g over the object", len(indices), mean)
-    return ExpectedError(weighted, weights, directions, centre, mean, fit_key(anomaly))
+    return ExpectedError(weighted, weights, directions, centre, mean, fit_key(anomaly), torch.tensor(indices))
 
 
 def render_expected_error(splats, expected: ExpectedError, viewmat: Tensor, K: Tensor, width: int,
                           height: int, *, view_sigma: float | None, eps2d: float,
-                          backend: str = "auto") -> Tensor:
+                          backend: str = "auto", exclude: list[int] | None = None) -> Tensor:
     """The expected map at a pose: the field seen from there (views weighted by a kernel of std
-    ``view_sigma`` degrees, ``AnomalyConfig.error_view_sigma``; None: all alike), rendered like a colour,
-    ``μ`` off the object. [H, W]"""
+    ``view_sigma`` degrees, ``AnomalyConfig.error_view_sigma``; None: all alike; the training views in
+    ``exclude`` left out), rendered like a colour, ``μ`` off the object. [H, W]"""
     dev = splats["means"].device
-    colours = expected.values(viewmat, view_sigma).to(dev)[:, None].contiguous()
+    colours = expected.values(viewmat, view_sigma, exclude).to(dev)[:, None].contiguous()
     with torch.no_grad():
         vm, K = viewmat.to(dev, torch.float32), K.to(dev, torch.float32)
         out, alpha = _render_colours(splats, colours, vm, K, width, height, eps2d, backend)

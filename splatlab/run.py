@@ -241,9 +241,15 @@ _NOT_SETTINGS = ("num_threads", "record_every", "backend")
 
 
 def settings_key(anomaly, pose_config, mode: str = "full") -> str:
-    """A short hash of the settings a calibration depends on: the map, the pose pipeline and the mode."""
+    """A short hash of the settings a calibration depends on: the map, the pose pipeline, the mode and, where
+    the map is divided by the expected error, how that field is fitted (its file format)."""
+    from splatlab.expected_error import FORMAT
+
     pose = {k: v for k, v in dataclasses.asdict(pose_config).items() if k not in _NOT_SETTINGS}
-    text = json.dumps({"anomaly": dataclasses.asdict(anomaly), "pose": pose, "mode": mode}, sort_keys=True)
+    settings = {"anomaly": dataclasses.asdict(anomaly), "pose": pose, "mode": mode}
+    if anomaly.error_floor is not None:
+        settings["expected_error_format"] = FORMAT
+    text = json.dumps(settings, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 

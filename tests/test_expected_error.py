@@ -101,6 +101,9 @@ def test_a_narrow_view_kernel_expects_what_the_nearby_views_got_wrong():
     torch.testing.assert_close(field.values(from_px, view_sigma=1e4), alike, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="viewmat"):
         field.values(None, view_sigma=10.0)
+    # A held-out view leaves its own map out: only the -x view is left, which saw Gaussian 1 wrong.
+    torch.testing.assert_close(field.values(exclude=[0]), torch.tensor([1.0 / 11.0, 41.0 / 11.0]))
+    torch.testing.assert_close(field.values(exclude=[5]), alike)  # not a column: nothing left out
     with pytest.raises(ValueError, match="error_view_sigma"):
         AnomalyConfig(error_view_sigma=-1.0)
 
@@ -137,7 +140,10 @@ def test_save_load_an_old_and_a_broken_file(tmp_path):
     back = ExpectedError.load(path)
     torch.testing.assert_close(back.weighted, field.weighted)
     torch.testing.assert_close(back.directions, field.directions)
-    assert back.mean == 0.25 and back.key == "abc"
+    assert back.mean == 0.25 and back.key == "abc" and back.views.tolist() == [0, 1]
+    torch.save({"format": 2, "weighted": field.weighted}, tmp_path / "v2.pt")  # fitted without held-out views
+    with pytest.raises(ValueError, match="older splatlab"):
+        ExpectedError.load(tmp_path / "v2.pt")
     torch.save({"values": torch.ones(4), "mean": 0.25, "key": "abc"}, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="older splatlab"):
         ExpectedError.load(tmp_path / "old.pt")
@@ -160,6 +166,7 @@ def test_detection_fits_once_keeps_it_and_discounts_the_known_nuisance(scene, mo
     ratio = detect(bad, model, viewmat=vm).score / detect(good, model, viewmat=vm).score
     assert ratio > 1.2 * ratio_plain  # the defect stands out more against the discounted nuisance
     assert expected_error_path(run, anomaly).is_file()
+    assert model.expected_error.views.tolist() == list(range(len(views.images)))  # every training view
     # A second model reads the saved field instead of fitting again.
     monkeypatch.setattr("splatlab.detect.fit_expected_error", lambda *a, **k: pytest.fail("fitted again"))
     again = DetectorModel.from_run(run, views, pose_config=POSE, anomaly=anomaly, calibration_source=None)
