@@ -343,3 +343,27 @@ def test_convergence_stop(scene):
     assert_close(res.losses, full.losses[: len(res.losses)])
     with pytest.raises(ValueError, match="converge"):
         dataclasses.replace(CFG, converge_window=-1)
+
+
+def test_restart_when_the_winner_still_moves(scene):
+    splats, cams, images = scene
+    ret = Retriever.build(images, cams, "features")
+    query_cam = perturb_viewmat(cams.viewmats[5], 3.0, seed=2)
+    with torch.no_grad():
+        query = render_splats(
+            splats, Cameras(query_cam[None], cams.Ks[:1], SIZE, SIZE), background=torch.ones(3), backend="cpu"
+        )[0][0]
+    # a schedule that decays too fast to arrive: the camera is still turning at its end
+    short = dataclasses.replace(CFG, steps=12, lr=0.02, lr_decay=0.5, lr_decay_every=3, record_every=4)
+    once = estimate_pose(query, splats, ret, short)
+    again = estimate_pose(query, splats, ret, dataclasses.replace(short, restart_moved_deg=0.05))
+    assert len(once.losses) == 12 and len(again.losses) == 24 and len(again.viewmats) == 24
+    assert_close(again.losses[:12], once.losses)  # the first pass is the same refinement
+    assert again.loss < 0.5 * once.loss
+    assert pose_error(again.viewmat, query_cam)[0] < 1.0 < pose_error(once.viewmat, query_cam)[0]
+    assert sorted(again.renders) == [0, 4, 8, 11, 12, 16, 20, 23]
+    # a converged winner is left alone
+    calm = estimate_pose(query, splats, ret, dataclasses.replace(short, restart_moved_deg=90.0))
+    assert len(calm.losses) == 12
+    with pytest.raises(ValueError, match="restart"):
+        dataclasses.replace(CFG, restart_moved_deg=-1.0)
