@@ -12,7 +12,8 @@ SplatPose's recipe, step by step:
    rotation part turns the camera about its own centre and its translation part moves it along its own
    axes). Adam minimises ``0.8·L1 + 0.2·(1−SSIM)`` between the render on white and the query, with lr 0.01
    decayed ×0.8 every 100 steps for 175 steps (SplatPose's defaults). Optionally the early steps run at
-   reduced resolution (a pyramid), and the run stops early on a plateau.
+   reduced resolution (a pyramid), the run stops early on a plateau, and a winner still turning when the
+   schedule ends runs its full-size steps once more (``restart_moved_deg``).
 
 **Reduced sizes.** At scale ``a`` the query is downsampled with area interpolation and the cameras'
 intrinsics are scaled by ``a``. The renderer's 2D low-pass filter (``eps2d``, 0.3 px²) is given in pixels,
@@ -364,7 +365,7 @@ class PoseResult:
         height: Query height in pixels.
         candidates: The coarse hypotheses, in retrieval order.
         chosen: Index into ``candidates`` of the winner.
-        losses: Loss at every full-refinement step. [S]
+        losses: Loss at every full-refinement step, a second pass's (``restart_moved_deg``) appended. [S]
         viewmats: Camera at every full-refinement step (the one ``losses`` was evaluated at). [S, 4, 4]
         scales: Image-size factor of every step (pyramid). [S]
         short_losses: Loss of every candidate at every brief-refinement step. [S_short, k]
