@@ -359,6 +359,7 @@ def evaluate_pose_class(
         "failures_10deg": int((ev.rot_deg > 10).sum()),
         "seconds_by_stage": {k: round(_mean(r.timings.get(k, 0.0) for r in done), 3) for k in stages},
         "pnp_fallbacks": sum(r.fallback_reason is not None for r in done),
+        "second_passes": sum(r.restarted_at is not None for r in done),  # PoseConfig.restart_moved_deg
         "diverged": s["diverged"],
         "worst": {"query": names[worst], "rot_deg": round(float(ev.rot_deg[worst]), 2)},
         "mean_rot_deg": round(float(ev.rot_deg.clamp(max=180).mean()), 3),
@@ -393,6 +394,6 @@ def pose_row_text(r: dict) -> str:
     return (
         f"{r['name']:<10} AUC@5 {r['auc5']:6.2f}  @10 {r['auc10']:6.2f}  @20 {r['auc20']:6.2f}  "
         f"median {r['median_rot_deg']:.3f}° {r['median_trans']:.4f}  {r['seconds_per_query']:.2f} s/query "
-        f"{r['seconds_by_stage']}  >10°: {r['failures_10deg']}  "
+        f"{r['seconds_by_stage']}  >10°: {r['failures_10deg']}  second passes: {r.get('second_passes', 0)}  "
         f"worst {r['worst']['query']} {r['worst']['rot_deg']}°"
     )

@@ -374,6 +374,7 @@ class PoseResult:
             "total".
         loss: The final (lowest full-size) loss.
         stopped_early: Whether the plateau rule ended the refinement.
+        restarted_at: Index into ``losses`` of the second pass's first step; None when there was none.
         translation_scale: ``s`` used for δ's translation part.
         pivot_depth: Depth of the rotation centre used (0: the camera centre).
         route: The route taken (:data:`ROUTES`).
@@ -396,6 +397,7 @@ class PoseResult:
     timings: dict[str, float] = field(default_factory=dict)
     loss: float = float("nan")
     stopped_early: bool = False
+    restarted_at: int | None = None
     translation_scale: float = 1.0
     pivot_depth: float = 0.0
     route: str = "refine"
@@ -589,6 +591,7 @@ def _restarted(hist, b, params, degree, q, K, cams, cfg: PoseConfig, frame) -> d
         "best": (more if better else hist)["best"][[0 if better else b]],
         "best_viewmats": (more["best_viewmats"] if better else hist["best_viewmats"][row]),
         "stopped": hist["stopped"],
+        "restarted_at": offset,
     }
 
 
@@ -695,6 +698,7 @@ def _result(
         timings=timings,
         loss=float(hist["best"][b]),
         stopped_early=hist["stopped"],
+        restarted_at=hist.get("restarted_at"),
         translation_scale=float(frame[0][j]),
         pivot_depth=float(frame[1][j]),
     )

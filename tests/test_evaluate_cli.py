@@ -24,6 +24,7 @@ def test_evaluate_writes_the_report_and_prints_its_summary(small_class, tmp_path
     assert main([*args, *FAST, "--pose", "--json"]) == 0  # the same splats, poses only
     pose = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert pose["classes"][0]["n_queries"] == 3 and 0 <= pose["mean_auc20"] <= 100
+    assert pose["classes"][0]["second_passes"] == 0  # the fast preset has none
     assert main(["evaluate", str(small_class.parent), "--classes", "99Nope"]) == 2
     assert capsys.readouterr().err.strip().startswith("splatlab evaluate: --classes: unknown ['99Nope']")
 

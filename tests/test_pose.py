@@ -362,6 +362,17 @@ def test_restart_when_the_winner_still_moves(scene):
     assert again.loss < 0.5 * once.loss
     assert pose_error(again.viewmat, query_cam)[0] < 1.0 < pose_error(once.viewmat, query_cam)[0]
     assert sorted(again.renders) == [0, 4, 8, 11, 12, 16, 20, 23]
+    assert once.restarted_at is None and again.restarted_at == 12
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from splatlab.viz.pose_figures import refinement_figure
+
+    fig = refinement_figure(again, query_cam)  # the second pass is marked on both panels
+    assert all(any(line.get_linestyle() == "--" for line in ax.lines) for ax in fig.axes[:2])
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     # a converged winner is left alone
     calm = estimate_pose(query, splats, ret, dataclasses.replace(short, restart_moved_deg=90.0))
     assert len(calm.losses) == 12

@@ -42,6 +42,10 @@ def refinement_figure(result, gt_viewmat: Tensor | None = None):
             idx = steps[scales == s]
             ax.axvspan(idx.min() - 0.5, idx.max() + 0.5, color="0.9", zorder=0)
             ax.text(idx.mean(), ax.get_ylim()[1], f"×{s:g}", ha="center", va="top", fontsize=8)
+    restart = result.restarted_at
+    if restart is not None:
+        ax.axvline(restart - 0.5, color="0.5", linestyle="--", linewidth=1)
+        ax.text(restart, ax.get_ylim()[1], " second pass", ha="left", va="top", fontsize=8)
     ax.set(
         xlabel="step",
         ylabel="loss",
@@ -50,6 +54,8 @@ def refinement_figure(result, gt_viewmat: Tensor | None = None):
     if gt_viewmat is not None:
         rot, trans = errors_per_step(result, gt_viewmat)
         ax2 = axes[0, 1]
+        if restart is not None:
+            ax2.axvline(restart - 0.5, color="0.5", linestyle="--", linewidth=1)
         ax2.plot(steps, rot, color="C3", label="rotation (°)")
         ax2.set(xlabel="step", ylabel="rotation error (°)", title="Error to the true pose")
         ax3 = ax2.twinx()
