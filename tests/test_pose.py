@@ -349,10 +349,7 @@ def test_restart_when_the_winner_still_moves(scene):
     splats, cams, images = scene
     ret = Retriever.build(images, cams, "features")
     query_cam = perturb_viewmat(cams.viewmats[5], 3.0, seed=2)
-    with torch.no_grad():
-        query = render_splats(
-            splats, Cameras(query_cam[None], cams.Ks[:1], SIZE, SIZE), background=torch.ones(3), backend="cpu"
-        )[0][0]
+    query = _render_at(splats, query_cam, cams.Ks[0])
     # a schedule that decays too fast to arrive: the camera is still turning at its end
     short = dataclasses.replace(CFG, steps=12, lr=0.02, lr_decay=0.5, lr_decay_every=3, record_every=4)
     once = estimate_pose(query, splats, ret, short)
