@@ -200,7 +200,7 @@ class PoseConfig:
 #: development split in about half the time (docs/speed.md). No convergence stop (``converge_window``): with
 #: 4 steps and 1e-3 it saved about 3 of the 48 steps and no AUC (−0.2 with the 60-step schedule).
 #: A winner that still turned by more than 0.25° over its last 8 steps is refined once more (``restart_*``;
-#: about one query in eight on the development splits, pose AUC@5 +0.4 on both looks, docs/speed.md).
+#: about one query in eight on the development splits, pose AUC@5 +0.5 on both looks, docs/speed.md).
 #: "paper": the papers' 400² with splats of the ``paper`` training preset: the search of "cpu", then the full
 #: refinement at 1/4 and 1/2 size (15 + 15 steps) before 40 steps at 400², the losing finalist dropped
 #: after 8 of them. 40 full-size steps were chosen on a 400² development split (docs/speed.md): pose
