@@ -576,9 +576,9 @@ def _still_moving(viewmats: Tensor, cfg: PoseConfig) -> bool:
 
 def _restarted(hist, b, params, degree, q, K, cams, cfg: PoseConfig, frame) -> dict:
     """Row ``b`` of ``hist`` refined once more from its best pose at full size, the histories joined."""
-    steps = cfg.steps - sum(n for s, n in zip(cfg.pyramid_scales, cfg.pyramid_steps, strict=True) if s < 1.0)
+    full_size_steps = max(cfg.steps - sum(cfg.pyramid_steps), 1)  # as in _schedule
     more = _optimise(params, degree, q, hist["best_viewmats"][b : b + 1], K, cams.width, cams.height,
-                     cfg, [(1.0, max(steps, 1))], frame, cfg.record_every)
+                     cfg, [(1.0, full_size_steps)], frame, cfg.record_every)
     row = slice(b, b + 1)
     offset = len(hist["losses"])
     better = bool(more["best"][0] < hist["best"][b])
