@@ -394,6 +394,6 @@ def pose_row_text(r: dict) -> str:
     return (
         f"{r['name']:<10} AUC@5 {r['auc5']:6.2f}  @10 {r['auc10']:6.2f}  @20 {r['auc20']:6.2f}  "
         f"median {r['median_rot_deg']:.3f}° {r['median_trans']:.4f}  {r['seconds_per_query']:.2f} s/query "
-        f"{r['seconds_by_stage']}  >10°: {r['failures_10deg']}  second passes: {r.get('second_passes', 0)}  "
+        f"{r['seconds_by_stage']}  >10°: {r['failures_10deg']}  second passes: {r['second_passes']}  "
         f"worst {r['worst']['query']} {r['worst']['rot_deg']}°"
     )

@@ -581,15 +581,15 @@ def _restarted(hist, b, params, degree, q, K, cams, cfg: PoseConfig, frame) -> d
                      cfg, [(1.0, full_size_steps)], frame, cfg.record_every)
     row = slice(b, b + 1)
     offset = len(hist["losses"])
-    better = bool(more["best"][0] < hist["best"][b])
+    won, i = (more, 0) if bool(more["best"][0] < hist["best"][b]) else (hist, b)  # the lower loss stays
     return {
         "losses": torch.cat([hist["losses"][:, row], more["losses"]]),
         "viewmats": torch.cat([hist["viewmats"][:, row], more["viewmats"].to(hist["viewmats"])]),
         "scales": torch.cat([hist["scales"], more["scales"]]),
         "renders": {k: r[row] for k, r in hist["renders"].items()}
         | {offset + k: r for k, r in more["renders"].items()},
-        "best": (more if better else hist)["best"][[0 if better else b]],
-        "best_viewmats": (more["best_viewmats"] if better else hist["best_viewmats"][row]),
+        "best": won["best"][i : i + 1],
+        "best_viewmats": won["best_viewmats"][i : i + 1],
         "stopped": hist["stopped"],
         "restarted_at": offset,
     }
